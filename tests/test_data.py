@@ -1,0 +1,116 @@
+"""Real Fashion-MNIST: counts, dtypes, the split, the loaders, and rejection of bad files."""
+import os
+import shutil
+
+import pytest
+import torch
+
+import my_utils as mu
+
+
+def test_counts_dtypes_and_classes(arrays):
+    assert arrays["train_x"].shape == (60000, 28, 28) and arrays["test_x"].shape == (10000, 28, 28)
+    assert arrays["train_x"].dtype == torch.uint8 and arrays["train_y"].dtype == torch.int64
+    assert torch.bincount(arrays["train_y"]).tolist() == [6000] * 10
+    assert torch.bincount(arrays["test_y"]).tolist() == [1000] * 10
+    assert arrays["train_x"].max() == 255 and arrays["train_x"].min() == 0
+
+
+def test_d2l_loader_keeps_d2l_behaviour():
+    train_iter, test_iter = mu.load_data_fashion_mnist(256)
+    assert len(train_iter.dataset) == 60000 and len(test_iter.dataset) == 10000
+    X, y = next(iter(train_iter))
+    assert X.shape == (256, 1, 28, 28) and X.dtype == torch.float32 and y.dtype == torch.int64
+    assert 0 <= X.min() and X.max() <= 1
+    X, _ = next(iter(mu.load_data_fashion_mnist(32, resize=64, num_workers=0)[1]))
+    assert X.shape == (32, 1, 64, 64)
+
+
+def test_validation_split_is_fixed_disjoint_and_leaves_test_alone(arrays):
+    tr, va, te = mu.fashion_mnist_loaders(512, val_size=5000, seed=1)
+    tr2, va2, _ = mu.fashion_mnist_loaders(512, val_size=5000, seed=2)
+    assert (tr.num_examples, va.num_examples, te.num_examples) == (55000, 5000, 10000)
+    assert torch.equal(va.images, va2.images), "the validation split must not depend on the training seed"
+    # every training image lands in exactly one of train/val: compare by content hash
+    key = lambda x: x.flatten(1).to(torch.int64) @ torch.randint(0, 2**31, (784,), generator=torch.Generator().manual_seed(0))  # noqa: E731
+    all_keys = torch.sort(key(arrays["train_x"])).values
+    assert torch.equal(torch.sort(torch.cat([key(tr.images), key(va.images)])).values, all_keys)
+    assert torch.equal(te.images, arrays["test_x"]) and torch.equal(te.labels, arrays["test_y"])
+
+
+def test_fast_loader_yields_every_index_once_with_its_label():
+    n = 1000
+    images = (torch.arange(n) % 256).to(torch.uint8)[:, None, None].expand(n, 28, 28).contiguous()
+    loader = mu.FastLoader(images, torch.arange(n), batch_size=64, shuffle=True, seed=3)
+    for _ in range(2):  # two epochs, two different orders, each a permutation
+        seen = []
+        for X, y in loader:
+            assert X.shape[1:] == (1, 28, 28) and X.dtype == torch.float32
+            assert torch.equal((X[:, 0, 0, 0] * 255).round().long(), y % 256), "image/label pairing broken"
+            seen.append(y)
+        seen = torch.cat(seen)
+        assert torch.equal(torch.sort(seen).values, torch.arange(n)) and not torch.equal(seen, torch.arange(n))
+    assert len(loader) == 16
+
+
+def test_augmentation_is_a_shift_or_flip_of_the_image(arrays):
+    X = arrays["train_x"][:64].unsqueeze(1).float() / 255
+    A = mu.augment_batch(X, torch.Generator().manual_seed(0), shift=2)
+    assert A.shape == X.shape and 0 <= A.min() and A.max() <= 1
+    padded = torch.nn.functional.pad(X, (2, 2, 2, 2))
+    for i in range(len(X)):
+        candidates = [c[:, dy:dy + 28, dx:dx + 28] for c in (padded[i], padded[i].flip(-1))
+                      for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(A[i], c) for c in candidates), f"image {i} is not a shifted/flipped copy"
+    assert not torch.equal(A, X)
+
+
+def _copy_raw(raw_dir, tmp_path):
+    dst = tmp_path / "FashionMNIST" / "raw"
+    shutil.copytree(raw_dir, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-byte"])
+def test_corrupt_file_is_rejected_with_the_fix(raw_dir, tmp_path, damage):
+    dst = _copy_raw(raw_dir, tmp_path)
+    f = dst / "train-images-idx3-ubyte"
+    blob = bytearray(f.read_bytes())
+    if damage == "truncate":
+        blob = blob[: len(blob) // 2]
+    else:
+        blob[5000] ^= 0xFF
+    f.write_bytes(bytes(blob))
+    with pytest.raises(mu.DataError, match="train-images-idx3-ubyte is corrupt or truncated.*Delete it"):
+        mu.load_arrays(tmp_path)
+
+
+def test_debian_fetch_writes_only_verified_files(tmp_path):
+    """The path CI uses: torchvision's download fails offline, Debian's package succeeds, no temp left."""
+    raw = mu.fetch_fashion_mnist(tmp_path, log=lambda s: None)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(mu.SHA256)
+    assert not any(p.name.startswith(".fetch-") for p in raw.parent.iterdir())
+
+
+def test_no_source_gives_one_error_naming_all_three_ways(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get here
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "d"))
+    with pytest.raises(mu.DataError) as e:
+        mu.fetch_fashion_mnist(log=lambda s: None)
+    msg = str(e.value)
+    assert "torchvision download" in msg and "Debian package" in msg and "uncompressed IDX files" in msg
+    assert not any(p.name.startswith(".fetch-") for p in (tmp_path / "d" / "FashionMNIST").iterdir())
+
+
+def test_unwritable_data_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(mu.DataError, match="cannot write to the data directory"):
+        mu.fetch_fashion_mnist(blocker / "data")
+
+
+def test_data_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
+    assert mu.data_dir() == tmp_path.resolve()
+    monkeypatch.delenv("FASHION_MNIST_DIR")
+    assert mu.data_dir() == mu.ROOT / "data" and os.path.isabs(mu.data_dir())

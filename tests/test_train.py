@@ -1,0 +1,140 @@
+"""The training loop, the d2l helpers, train.py as a process and the notebook under papermill."""
+import json
+import subprocess
+import sys
+import time
+
+import nbformat
+import papermill as pm
+import pytest
+import torch
+from torch import nn
+
+import my_utils as mu
+from model import Config, MLPNet, get_config
+from conftest import ROOT
+
+
+def test_short_real_training_run_learns(tmp_path):
+    torch.manual_seed(0)
+    cfg = get_config("default", epochs=2)
+    tr, va, te = mu.fashion_mnist_loaders(cfg.batch_size, augment=cfg.augment, train_limit=6000)
+    net = MLPNet(cfg)
+    logs = []
+    history = mu.fit(net, tr, va, cfg, "cpu", "fp32", log=logs.append, progress=False)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    # 6,000 images, 2 epochs: a learning model clears 75 % on held-out data (chance is 10 %).
+    assert max(r["val_acc"] for r in history) > 0.75
+    assert mu.evaluate_accuracy(net, te) > 0.75
+    assert sum("val acc" in line for line in logs) == 2
+
+
+def test_best_validation_epoch_is_restored():
+    cfg = get_config("default", epochs=2, lr=0.5)  # a silly lr: epoch 2 may be worse than epoch 1
+    tr, va, _ = mu.fashion_mnist_loaders(cfg.batch_size, train_limit=1024)
+    net = MLPNet(cfg)
+    history = mu.fit(net, tr, va, cfg, "cpu", "fp32", log=lambda s: None, progress=False)
+    assert mu.evaluate_accuracy(net, va) == pytest.approx(max(r["val_acc"] for r in history))
+
+
+def test_accumulator_timer_accuracy():
+    acc = mu.Accumulator(2)
+    acc.add(1, 2.5)
+    acc.add(torch.tensor(2), 0.5)
+    assert acc[0] == 3 and acc[1] == 3.0
+    acc.reset()
+    assert acc.data == [0.0, 0.0]
+    t = mu.Timer()
+    time.sleep(0.01)
+    t.stop()
+    t.start()
+    t.stop()
+    assert len(t.times) == 2 and t.sum() >= 0.01 and t.cumsum()[-1] == pytest.approx(t.sum())
+    assert t.avg() == pytest.approx(t.sum() / 2)
+    y_hat = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert mu.accuracy(y_hat, torch.tensor([1, 0, 0])) == 2.0
+
+
+def test_evaluate_accuracy_on_real_test_data():
+    class Always(nn.Module):  # predicts one class: accuracy = that class's share = exactly 10 %
+        def forward(self, X):
+            return torch.nn.functional.one_hot(torch.full((len(X),), 3), 10).float()
+    _, test_iter = mu.load_data_fashion_mnist(1000, num_workers=0)
+    assert mu.evaluate_accuracy(Always(), test_iter) == pytest.approx(0.1)
+
+
+def test_labels_and_devices():
+    assert mu.get_fashion_mnist_labels([0, 9, 3]) == ["t-shirt", "ankle boot", "dress"]
+    expected = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    assert mu.try_gpu() == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda' was requested but is not available"):
+            mu.resolve_device("cuda")
+    assert mu.resolve_precision(torch.device("cpu"), "fp32") == "fp32"
+
+
+def test_animator_plots_series_on_their_axes_and_saves_png(tmp_path):
+    an = mu.training_animator(3)
+    for epoch in (1, 2, 3):
+        an.add(epoch, (1.0 / epoch, 0.5 + 0.1 * epoch, 0.45 + 0.1 * epoch))
+    assert an.X[0] == [1, 2, 3] and an.Y[2] == pytest.approx([0.55, 0.65, 0.75])
+    assert [len(ax.lines) for ax in an.axes] == [1, 2], "loss left, accuracies right"
+    assert an.axes[1].get_ylabel() == "accuracy" and an.axes[0].get_ylabel() == "loss"
+    an.save(tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    d2l = mu.Animator(xlabel="epoch", legend=["a"], xlim=[1, 5])  # the plain d2l form
+    d2l.add(1, 0.5)
+    assert d2l.axes[0].get_xlim() == (1.0, 5.0)
+
+
+def run_train(*args, **kw):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, **kw)
+
+
+def test_train_py_writes_metrics_model_and_curves(tmp_path):
+    out = tmp_path / "run"
+    r = run_train("--preset", "seed", "--epochs", "1", "--train-limit", "2000", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("preset", "config", "params", "device", "epochs", "history", "val_acc", "test_acc", "train_seconds"):
+        assert key in m
+    assert m["preset"] == "seed" and m["params"] == 111164 and m["epochs"] == 1 and m["train_limit"] == 2000
+    assert set(m["history"][0]) >= {"epoch", "train_loss", "train_acc", "val_acc", "seconds"}
+    assert 0.3 < m["test_acc"] <= 1
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    net = MLPNet(Config(**ckpt["config"]))
+    net.load_state_dict(ckpt["state_dict"])
+    _, _, te = mu.fashion_mnist_loaders(1000)
+    assert mu.evaluate_accuracy(net, te) == pytest.approx(m["test_acc"])
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "0"], "epochs=0 must be positive"),
+    (["--lr", "-1"], "lr=-1.0 must be positive"),
+    (["--train-limit", "0"], "--train-limit=0 must be positive"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_train_py_bad_input_fails_cleanly_before_writing(tmp_path, args, message):
+    out = tmp_path / "run"
+    r = run_train(*args, "--out", str(out))
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_notebook_runs_top_to_bottom_with_papermill(tmp_path):
+    out = tmp_path / "nb-run"
+    executed = tmp_path / "executed.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks" / "fashion_mnist_mlp.ipynb"), str(executed),
+                        parameters=dict(epochs=2, train_limit=2000, out_dir=str(out)),
+                        cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
+    nb = nbformat.read(executed, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    train_cell = next(c for c in nb.cells if "mu.fit(" in c.source)
+    images = [o for o in train_cell.outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 1, "the live curves update one figure in place, not a pile of figures"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs"] == 2 and m["train_limit"] == 2000 and 0.5 < m["test_acc"] <= 1
+    assert (out / "model.pt").exists() and (out / "curves.png").exists()
