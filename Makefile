@@ -23,12 +23,16 @@ setup: $(STAMP)
 data: $(STAMP)
 	$(PY) my_utils.py
 
+# The whole run, kernel start to saved files, is timed into $(RUN)/wall.json.
 run: data
-	mkdir -p $(RUN)
+	@mkdir -p $(RUN) && start=$$(date +%s) && \
 	$(PY) -m papermill --cwd notebooks notebooks/fashion_mnist_mlp.ipynb $(RUN)/fashion_mnist_mlp.ipynb \
-		-p out_dir $(CURDIR)/$(RUN) $(ARGS)
-	@echo "run files in $(RUN)/: fashion_mnist_mlp.ipynb metrics.json curves.png model.pt"
-	@$(PY) -c "import json; m=json.load(open('$(RUN)/metrics.json')); print(f\"test acc {m['test_acc']:.4f}, val acc {m['val_acc']:.4f}, {m['train_seconds']:.0f}s training on {m['hardware']}\")"
+		-p out_dir $(CURDIR)/$(RUN) $(ARGS) && \
+	echo "{\"notebook_wall_seconds\": $$(( $$(date +%s) - start ))}" > $(RUN)/wall.json
+	@echo "run files in $(RUN)/: fashion_mnist_mlp.ipynb metrics.json curves.png model.pt wall.json"
+	@$(PY) -c "import json; m=json.load(open('$(RUN)/metrics.json')); w=json.load(open('$(RUN)/wall.json')); \
+		print(f\"test acc {m['test_acc']:.4f}, val acc {m['val_acc']:.4f}, {m['train_seconds']:.0f}s training, \
+		{w['notebook_wall_seconds']:.0f}s notebook, on {m['hardware']}\")"
 
 test: data
 	$(PY) -m pytest

@@ -308,13 +308,18 @@ def accuracy(y_hat, y):
     return float((y_hat.type(y.dtype) == y).sum())
 
 
+def model_device(net) -> torch.device:
+    """Where the model's parameters live (CPU for a parameter-free or non-Module callable)."""
+    params = net.parameters() if isinstance(net, nn.Module) else iter(())
+    return next((p.device for p in params), torch.device("cpu"))
+
+
 @torch.no_grad()
 def evaluate_accuracy(net, data_iter, device=None, precision="fp32"):
     """Fraction correct over `data_iter`; counts stay on the device until the end (one host sync)."""
     if isinstance(net, nn.Module):
         net.eval()
-        device = device or next(net.parameters()).device
-    device = torch.device(device or "cpu")
+    device = torch.device(device or model_device(net))
     correct, total = torch.zeros((), device=device), 0
     for X, y in data_iter:
         X, y = X.to(device), y.to(device)
@@ -328,7 +333,7 @@ def evaluate_accuracy(net, data_iter, device=None, precision="fp32"):
 def predict(net, data_iter, device=None, precision="fp32"):
     """(predictions, labels) over a loader, on the CPU."""
     net.eval()
-    device = device or next(net.parameters()).device
+    device = torch.device(device or model_device(net))
     preds, labels = [], []
     for X, y in data_iter:
         with autocast(device, precision):

@@ -11,22 +11,22 @@ import torch
 from torch import nn
 
 import my_utils as mu
-from model import Config, MLPNet, get_config
+from model import Config, MLPNet, count_params, get_config
 from conftest import ROOT
 
 
 def test_short_real_training_run_learns(tmp_path):
     torch.manual_seed(0)
-    cfg = get_config("default", epochs=2)
+    cfg = get_config("default", epochs=2, batch_size=64)
     tr, va, te = mu.fashion_mnist_loaders(cfg.batch_size, augment=cfg.augment, train_limit=6000)
     net = MLPNet(cfg)
     logs = []
     history = mu.fit(net, tr, va, cfg, "cpu", "fp32", log=logs.append, progress=False)
     assert [r["epoch"] for r in history] == [1, 2]
     assert history[1]["train_loss"] < history[0]["train_loss"]
-    # 6,000 images, 2 epochs: a learning model clears 75 % on held-out data (chance is 10 %).
-    assert max(r["val_acc"] for r in history) > 0.75
-    assert mu.evaluate_accuracy(net, te) > 0.75
+    # 6,000 images, 2 epochs (188 steps): a learning model clears 80 % on held-out data (chance: 10 %).
+    assert max(r["val_acc"] for r in history) > 0.80
+    assert mu.evaluate_accuracy(net, te) > 0.80
     assert sum("val acc" in line for line in logs) == 2
 
 
@@ -94,14 +94,16 @@ def run_train(*args, **kw):
 
 def test_train_py_writes_metrics_model_and_curves(tmp_path):
     out = tmp_path / "run"
-    r = run_train("--preset", "seed", "--epochs", "1", "--train-limit", "2000", "--out", str(out), "--quiet")
+    r = run_train("--preset", "default", "--epochs", "1", "--batch-size", "64", "--train-limit", "4000", "--out", str(out),
+                  "--quiet")
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     for key in ("preset", "config", "params", "device", "epochs", "history", "val_acc", "test_acc", "train_seconds"):
         assert key in m
-    assert m["preset"] == "seed" and m["params"] == 111164 and m["epochs"] == 1 and m["train_limit"] == 2000
+    assert m["preset"] == "default" and m["params"] == count_params(MLPNet(get_config("default")))
+    assert m["epochs"] == 1 and m["train_limit"] == 4000
     assert set(m["history"][0]) >= {"epoch", "train_loss", "train_acc", "val_acc", "seconds"}
-    assert 0.3 < m["test_acc"] <= 1
+    assert 0.5 < m["test_acc"] <= 1  # 63 steps; chance is 0.1
     ckpt = torch.load(out / "model.pt", weights_only=True)
     net = MLPNet(Config(**ckpt["config"]))
     net.load_state_dict(ckpt["state_dict"])
@@ -127,7 +129,7 @@ def test_notebook_runs_top_to_bottom_with_papermill(tmp_path):
     out = tmp_path / "nb-run"
     executed = tmp_path / "executed.ipynb"
     pm.execute_notebook(str(ROOT / "notebooks" / "fashion_mnist_mlp.ipynb"), str(executed),
-                        parameters=dict(epochs=2, train_limit=2000, out_dir=str(out)),
+                        parameters=dict(epochs=2, batch_size=64, train_limit=3000, out_dir=str(out)),
                         cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
     nb = nbformat.read(executed, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
@@ -136,5 +138,5 @@ def test_notebook_runs_top_to_bottom_with_papermill(tmp_path):
     images = [o for o in train_cell.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1, "the live curves update one figure in place, not a pile of figures"
     m = json.loads((out / "metrics.json").read_text())
-    assert m["epochs"] == 2 and m["train_limit"] == 2000 and 0.5 < m["test_acc"] <= 1
+    assert m["epochs"] == 2 and m["train_limit"] == 3000 and 0.5 < m["test_acc"] <= 1
     assert (out / "model.pt").exists() and (out / "curves.png").exists()
