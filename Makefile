@@ -1,6 +1,7 @@
 # make run   set up, fetch the data, execute the notebook headless into runs/<name>/
 # make test  set up, fetch the data, run the test suite
 # make lab   open Jupyter Lab on the project's venv
+# make bench the side-by-side training speed benchmark -> bench.json
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ NAME ?= $(shell date +%Y%m%d-%H%M%S)
 RUN := runs/$(NAME)
 ARGS ?=
 
-.PHONY: setup data run test lab clean
+.PHONY: setup data run test lab bench clean
 
 # Re-installs only when requirements.txt is newer than the last install.
 $(STAMP): requirements.txt
@@ -30,12 +31,16 @@ run: data
 		-p out_dir $(CURDIR)/$(RUN) $(ARGS) && \
 	echo "{\"notebook_wall_seconds\": $$(( $$(date +%s) - start ))}" > $(RUN)/wall.json
 	@echo "run files in $(RUN)/: fashion_mnist_mlp.ipynb metrics.json curves.png model.pt wall.json"
-	@$(PY) -c "import json; m=json.load(open('$(RUN)/metrics.json')); w=json.load(open('$(RUN)/wall.json')); \
-		print(f\"test acc {m['test_acc']:.4f}, val acc {m['val_acc']:.4f}, {m['train_seconds']:.0f}s training, \
-		{w['notebook_wall_seconds']:.0f}s notebook, on {m['hardware']}\")"
+	@$(PY) -c "import json; m, w = (json.load(open(f'$(RUN)/{f}.json')) for f in ('metrics', 'wall')); \
+	print(f\"test acc {m['test_acc']:.4f}, val acc {m['val_acc']:.4f}, {m['train_seconds']:.0f}s training, \"\
+	f\"{w['notebook_wall_seconds']:.0f}s notebook, on {m['hardware']}\")"
 
 test: data
 	$(PY) -m pytest
+
+# The speed benchmark (about 15 minutes on a 2-core CPU; BENCH_ARGS=--quick for a smoke run).
+bench: data
+	$(PY) bench.py --out $(or $(BENCH_OUT),bench.json) $(BENCH_ARGS)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/fashion_mnist_mlp.ipynb

@@ -2,7 +2,8 @@
 
 The d2l API (`load_data_fashion_mnist`, `Animator`, `Accumulator`, `Timer`, `accuracy`, `evaluate_accuracy`,
 `show_images`, `get_fashion_mnist_labels`, `try_gpu`) plus what the project's training needs: verified data
-acquisition, fast on-device loaders with a validation split, and the one training loop (`fit`).
+acquisition, fast on-device loaders with a validation split, devices and precision, run records.
+The one training loop, `fit`, lives in train.py.
 Run `python my_utils.py` to fetch and verify the data.
 """
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import math
 import os
 import shutil
@@ -447,84 +447,7 @@ def atomic_write(path, payload: bytes | str):
     os.replace(tmp, path)
 
 
-# ----------------------------------------------------------------------------- training
-
-def make_optimizer(net, cfg):
-    """Adam(W); with AdamW, no weight decay on biases and norm parameters (1-D tensors)."""
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    decay = [p for p in net.parameters() if p.dim() > 1]
-    no_decay = [p for p in net.parameters() if p.dim() <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-
-
-def make_scheduler(opt, cfg, steps_per_epoch):
-    """Per-step linear warm-up, then cosine decay to 0 ("cosine"), or constant ("none")."""
-    warm, total = cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
-
-    def factor(step):
-        if step < warm:
-            return (step + 1) / warm
-        if cfg.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-        return 1.0
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def fit(net, train_iter, val_iter, cfg, device="auto", precision="auto", animator=None, log=print,
-        progress=True):
-    """The training loop used by the notebook, train.py, the benchmark and the tests.
-
-    Per epoch: train loss/acc (accumulated on the device, read once an epoch) and validation accuracy.
-    At the end the weights of the best validation epoch are restored (model selection on validation).
-    Returns the history: a list of {epoch, train_loss, train_acc, val_acc, seconds, lr}."""
-    device = resolve_device(device)
-    precision = resolve_precision(device, precision)
-    net.to(device)
-    opt = make_optimizer(net, cfg)
-    sched = make_scheduler(opt, cfg, len(train_iter))
-    loss_f = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    history, best = [], (-1.0, None, 0)
-    log(f"training on {device} in {precision}: {cfg.epochs} epochs x {len(train_iter)} batches of {cfg.batch_size}")
-    for epoch in range(1, cfg.epochs + 1):
-        net.train()
-        timer, sums = Timer(), torch.zeros(3, device=device)  # loss sum, correct, count
-        for X, y in tqdm(train_iter, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress):
-            X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast(device, precision):
-                y_hat = net(X)
-                loss = loss_f(y_hat, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            with torch.no_grad():
-                sums += torch.stack([loss.detach().float() * len(y), (y_hat.argmax(1) == y).sum(), torch.tensor(len(y), device=device)])
-        loss_sum, correct, count = sums.tolist()
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"epoch {epoch}: training loss is {loss_sum}; the learning rate "
-                                     f"(lr={cfg.lr}) is probably too high")
-        seconds = timer.stop()  # training only; validation is timed apart
-        timer.start()
-        val_acc = evaluate_accuracy(net, val_iter, device, precision) if val_iter is not None else float("nan")
-        row = dict(epoch=epoch, train_loss=loss_sum / count, train_acc=correct / count, val_acc=val_acc,
-                   seconds=seconds, eval_seconds=timer.stop(),
-                   lr=opt.param_groups[0]["lr"])
-        history.append(row)
-        if val_acc > best[0]:
-            best = (val_acc, {k: v.detach().clone() for k, v in net.state_dict().items()}, epoch)
-        log(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.4f}  "
-            f"val acc {val_acc:.4f}  {row['seconds']:.1f}s  ({count / row['seconds']:.0f} img/s)")
-        if animator is not None:
-            animator.add(epoch, (row["train_loss"], row["train_acc"], val_acc))
-    if best[1] is not None:
-        net.load_state_dict(best[1])
-        log(f"restored the weights of epoch {best[2]} (best validation accuracy {best[0]:.4f})")
-    return history
-
+# ----------------------------------------------------------------------------- run records
 
 def git_commit() -> str | None:
     try:
@@ -542,31 +465,6 @@ def hardware(device: torch.device) -> str:
     name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                  if ln.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
     return f"{name or sys.platform} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-def save_run(out_dir, net, cfg, history, test_acc, *, preset, seed, device, precision, train_limit=None,
-             animator=None, extra=None) -> dict:
-    """Write model.pt, curves.png and metrics.json (last, atomically) into out_dir; return the metrics."""
-    from model import count_params
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    best = max(history, key=lambda r: r["val_acc"])
-    metrics = dict(preset=preset, config=cfg.to_dict(), params=count_params(net), device=str(device),
-                   hardware=hardware(device), precision=precision, seed=seed, train_limit=train_limit,
-                   epochs=len(history), history=history, best_epoch=best["epoch"], val_acc=best["val_acc"],
-                   test_acc=test_acc, train_seconds=sum(r["seconds"] for r in history),
-                   torch=torch.__version__, git_commit=git_commit(), **(extra or {}))
-    buf = io.BytesIO()
-    torch.save({"config": cfg.to_dict(), "preset": preset, "state_dict": net.state_dict()}, buf)
-    atomic_write(out / "model.pt", buf.getvalue())
-    if animator is None:
-        animator = training_animator(len(history))
-        for r in history:
-            animator.add(r["epoch"], (r["train_loss"], r["train_acc"], r["val_acc"]))
-    animator.save(out / "curves.png")
-    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2))
-    return metrics
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from torch import nn
 
 import my_utils as mu
 from model import Config, MLPNet, count_params, get_config
+from train import fit
 from conftest import ROOT
 
 
@@ -21,7 +22,7 @@ def test_short_real_training_run_learns(tmp_path):
     tr, va, te = mu.fashion_mnist_loaders(cfg.batch_size, augment=cfg.augment, train_limit=6000)
     net = MLPNet(cfg)
     logs = []
-    history = mu.fit(net, tr, va, cfg, "cpu", "fp32", log=logs.append, progress=False)
+    history = fit(net, tr, va, cfg, "cpu", "fp32", log=logs.append, progress=False)
     assert [r["epoch"] for r in history] == [1, 2]
     assert history[1]["train_loss"] < history[0]["train_loss"]
     # 6,000 images, 2 epochs (188 steps): a learning model clears 80 % on held-out data (chance: 10 %).
@@ -34,7 +35,7 @@ def test_best_validation_epoch_is_restored():
     cfg = get_config("default", epochs=2, lr=0.5)  # a silly lr: epoch 2 may be worse than epoch 1
     tr, va, _ = mu.fashion_mnist_loaders(cfg.batch_size, train_limit=1024)
     net = MLPNet(cfg)
-    history = mu.fit(net, tr, va, cfg, "cpu", "fp32", log=lambda s: None, progress=False)
+    history = fit(net, tr, va, cfg, "cpu", "fp32", log=lambda s: None, progress=False)
     assert mu.evaluate_accuracy(net, va) == pytest.approx(max(r["val_acc"] for r in history))
 
 
@@ -134,7 +135,7 @@ def test_notebook_runs_top_to_bottom_with_papermill(tmp_path):
     nb = nbformat.read(executed, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    train_cell = next(c for c in nb.cells if "mu.fit(" in c.source)
+    train_cell = next(c for c in nb.cells if "fit(" in c.source)
     images = [o for o in train_cell.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1, "the live curves update one figure in place, not a pile of figures"
     m = json.loads((out / "metrics.json").read_text())

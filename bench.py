@@ -1,0 +1,162 @@
+"""Side-by-side training benchmark: the d2l-chapter reference loop vs ours, MFU, time to 90 %, peak memory.
+
+    python bench.py              # full: ~15 min on a 2-core CPU
+    python bench.py --quick      # CI-sized: a few batches each, no time-to-90 run
+
+Everything is measured in this one process on this one machine; speed is reported as a ratio against the
+reference measured in the same run. Writes bench.json (see --out).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import my_utils as mu
+from model import MLPNet, get_config
+from train import fit
+
+
+def reference_img_s(cfg, batches: int, warmup: int, root=None) -> tuple[float, float]:
+    """The d2l chapter's way: ToTensor dataset, 4 workers, float(loss) and a host-side accuracy every batch."""
+    from torchvision import datasets, transforms
+    raw = mu.fetch_fashion_mnist(root)
+    ds = datasets.FashionMNIST(str(raw.parent.parent), train=True, transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(ds, cfg.batch_size, shuffle=True, num_workers=4)
+    torch.manual_seed(0)
+    net, loss_f = MLPNet(cfg), nn.CrossEntropyLoss()
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net.train()
+    seen, correct, t0 = 0, 0.0, None
+    for i, (X, y) in enumerate(loader):
+        if i == warmup:
+            t0, seen, correct = time.perf_counter(), 0, 0.0
+        if i == warmup + batches:
+            break
+        y_hat = net(X)
+        loss = loss_f(y_hat, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        float(loss)                                 # the per-batch host sync d2l's Accumulator does
+        correct += mu.accuracy(y_hat, y)
+        seen += len(y)
+    return seen / (time.perf_counter() - t0), correct / seen
+
+
+def ours_img_s(cfg, batches: int, warmup: int, device, precision) -> tuple[float, float]:
+    """Our `fit` on `batches` batches, after a warm-up fit; img/s from its own epoch timer."""
+    results = []
+    for n in (warmup, batches):
+        c = dataclasses.replace(cfg, epochs=1)
+        tr, _, _ = mu.fashion_mnist_loaders(c.batch_size, c.val_size, augment=c.augment, device=device,
+                                            train_limit=n * c.batch_size)
+        torch.manual_seed(0)
+        h = fit(MLPNet(c), tr, None, c, device, precision, log=lambda s: None, progress=False)
+        results.append((tr.num_examples / h[0]["seconds"], h[0]["train_acc"]))
+    return results[-1]
+
+
+def matmul_peak_gflops(device, dtype, n=2048, seconds=2.0) -> float:
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    sync()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def train_flops_per_image(cfg, batch=64) -> float:
+    """Forward + backward FLOPs of one training step, counted by torch's FlopCounterMode, per image."""
+    net, x, y = MLPNet(cfg), torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(net(x), y).backward()
+    return counter.get_total_flops() / batch
+
+
+def time_to_90(device, precision):
+    """Train the default recipe; wall seconds (train + validation) until validation accuracy first >= 90 %."""
+    cfg = get_config("default")
+    tr, va, _ = mu.fashion_mnist_loaders(cfg.batch_size, cfg.val_size, augment=cfg.augment, device=device)
+    torch.manual_seed(0)
+    history = fit(MLPNet(cfg), tr, va, cfg, device, precision, log=lambda s: None, progress=False)
+    elapsed = 0.0
+    for r in history:
+        elapsed += r["seconds"] + r["eval_seconds"]
+        if r["val_acc"] >= 0.90:
+            return dict(time_to_90_s=elapsed, epoch_90=r["epoch"]), history
+    return dict(time_to_90_s=None, epoch_90=None), history
+
+
+def peak_rss_mb_of_training(args) -> float:
+    """Peak resident memory of a separate `train.py` default run (this process holds the reference's data)."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "train.py", "--preset", "default", "--epochs", "1", "--quiet", "--out", out,
+               "--device", args.device]
+        if args.quick:
+            cmd += ["--train-limit", "2048"]
+        subprocess.run(cmd, check=True, cwd=Path(__file__).parent, capture_output=True)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few batches each; skip the time-to-90 %% run")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--out", default="bench.json")
+    args = p.parse_args(argv)
+    device = mu.resolve_device(args.device)
+    precision = mu.resolve_precision(device, args.precision)
+    batches, warmup = (4, 2) if args.quick else (60, 5)
+    rows = {}
+    for preset in ("seed", "default"):
+        cfg = get_config(preset)
+        ref, ref_acc = reference_img_s(cfg, batches, warmup) if device.type == "cpu" else (None, None)
+        ours, ours_acc = ours_img_s(cfg, batches, warmup, device, precision)
+        rows[preset] = dict(reference_img_s=ref, ours_img_s=ours, speedup=ours / ref if ref else None,
+                            model_gflops=train_flops_per_image(cfg) / 1e9)
+        print(f"{preset:>8}: reference {ref or float('nan'):8.0f} img/s   ours {ours:8.0f} img/s   "
+              f"speedup {rows[preset]['speedup'] or float('nan'):.2f}x", flush=True)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    peak = matmul_peak_gflops(device, dtype, seconds=0.5 if args.quick else 2.0)
+    d = rows["default"]
+    mfu = d["ours_img_s"] * d["model_gflops"] / peak
+    result = dict(device=str(device), hardware=mu.hardware(device), precision=precision,
+                  torch=torch.__version__, python=platform.python_version(), quick=args.quick,
+                  git_commit=mu.git_commit(), batches=batches,
+                  reference_img_s=rows["seed"]["reference_img_s"], ours_img_s=rows["seed"]["ours_img_s"],
+                  speedup=rows["seed"]["speedup"], presets=rows, peak_gflops=peak,
+                  model_gflops=d["model_gflops"], mfu=mfu)
+    if args.quick:
+        result.update(time_to_90_s=None, epoch_90=None)
+    else:
+        hit, history = time_to_90(device, precision)
+        result.update(hit, time_to_90_history=history)
+    result["peak_rss_mb"] = peak_rss_mb_of_training(args)
+    mu.atomic_write(args.out, json.dumps(result, indent=2))
+    print(f"peak matmul {peak:.0f} GFLOP/s ({precision}); default preset {d['model_gflops'] * 1e3:.1f} MFLOP "
+          f"per training image -> MFU {mfu:.1%}")
+    print(f"time to 90 % val: {result['time_to_90_s']} s (epoch {result['epoch_90']}); "
+          f"peak RSS of a training run {result['peak_rss_mb']:.0f} MB. Wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

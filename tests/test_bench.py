@@ -1,0 +1,29 @@
+"""bench.py --quick runs end to end and writes a complete bench.json. No test asserts a speed."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+KEYS = ("reference_img_s", "ours_img_s", "speedup", "peak_gflops", "model_gflops", "mfu", "time_to_90_s",
+        "peak_rss_mb", "device", "precision", "torch")
+
+
+def test_bench_quick_writes_valid_json(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "bench.py", "--quick", "--device", "cpu", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    b = json.loads(out.read_text())
+    assert all(k in b for k in KEYS), [k for k in KEYS if k not in b]
+    for k in ("reference_img_s", "ours_img_s", "speedup", "peak_gflops", "model_gflops", "mfu", "peak_rss_mb"):
+        assert isinstance(b[k], float) and math.isfinite(b[k]) and b[k] > 0, k
+    assert b["speedup"] == b["ours_img_s"] / b["reference_img_s"]
+    # the seed network's training step: ~3x its forward MACs x 2 FLOPs (forward 18.5 M multiply-adds)
+    assert 0.08 < b["presets"]["seed"]["model_gflops"] < 0.15
+    # MFU is the default preset's achieved FLOP/s over the measured matmul peak
+    assert b["mfu"] == pytest.approx(b["presets"]["default"]["ours_img_s"] * b["model_gflops"] / b["peak_gflops"])
+    assert b["device"] == "cpu" and b["quick"] is True and b["time_to_90_s"] is None

@@ -1,0 +1,113 @@
+"""Checkpoints, resume after SIGKILL or Ctrl-C, bad input, and same-seed reproducibility (CPU)."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+from model import get_config
+from train import load_checkpoint
+
+SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--quiet", "--device", "cpu"]
+TIMING = {"seconds", "eval_seconds"}
+
+
+def train(*args, **kw):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, **kw)
+
+
+def start_and_wait_for_epoch_1(out, *args):
+    p = subprocess.Popen([sys.executable, "train.py", *SMALL, "--epochs", "2", "--out", str(out), *args],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "last.pt").exists():
+        assert p.poll() is None, p.communicate()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    return p
+
+
+def without_timing(history):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    r = train(*SMALL, "--epochs", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_sigkill_mid_epoch_then_resume_equals_a_straight_run(straight, tmp_path):
+    out = tmp_path / "killed"
+    p = start_and_wait_for_epoch_1(out)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1, "killed in epoch 2: the epoch-1 checkpoint is intact"
+    assert not (out / "metrics.json").exists()
+    r = train("--resume", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    a, b = (torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (straight, out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights must be identical"
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (straight, out))
+    assert without_timing(ma["history"]) == without_timing(mb["history"])
+    assert ma["test_acc"] == mb["test_acc"] and ma["val_acc"] == mb["val_acc"]
+
+
+def test_ctrl_c_stops_saves_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "interrupted"
+    p = start_and_wait_for_epoch_1(out)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130
+    assert "interrupted during epoch 2" in stdout and f"--resume {out}" in stdout
+    assert "Traceback" not in stderr
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1 and (out / "best.pt").exists()
+
+
+def test_checkpoint_of_another_config_is_one_clear_error(straight):
+    other = get_config("seed")
+    with pytest.raises(ValueError, match="trained with another configuration") as e:
+        load_checkpoint(straight / "last.pt", other)
+    assert "checkpoint: {" in str(e.value) and "requested:  {" in str(e.value)
+
+
+def test_last_and_best_checkpoints_hold_everything_needed(straight):
+    ckpt = load_checkpoint(straight / "last.pt", get_config("default", batch_size=64, epochs=2))
+    assert ckpt["epoch"] == 2 and len(ckpt["history"]) == 2
+    assert {"model", "optimizer", "scheduler", "rng", "best_val_acc", "config", "seed"} <= set(ckpt)
+    assert {"torch", "python", "numpy", "loader"} <= set(ckpt["rng"])
+    best = load_checkpoint(straight / "best.pt")
+    assert best["best_val_acc"] == max(r["val_acc"] for r in ckpt["history"])
+
+
+def test_same_seed_gives_identical_metrics(straight, tmp_path):
+    r = train(*SMALL, "--epochs", "2", "--out", str(tmp_path / "again"))
+    assert r.returncode == 0, r.stderr
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (straight, tmp_path / "again"))
+    assert without_timing(ma["history"]) == without_timing(mb["history"]) and ma["test_acc"] == mb["test_acc"]
+    assert ma["seed"] == 0 and ma["git_commit"] is not None and ma["torch"] == torch.__version__
+
+
+def test_non_finite_loss_stops_with_a_hint_and_keeps_no_bad_files(tmp_path):
+    out = tmp_path / "nan"
+    r = train(*SMALL, "--epochs", "2", "--lr", "1e12", "--out", str(out))
+    assert r.returncode != 0 and "learning rate" in r.stderr and "Traceback" not in r.stderr
+    assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
+
+
+def test_unwritable_run_directory_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = train(*SMALL, "--epochs", "1", "--out", str(blocker / "run"))
+    assert r.returncode != 0 and "is not writable" in r.stderr and "training on" not in r.stdout
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    r = train("--resume", str(tmp_path))
+    assert r.returncode != 0 and "no checkpoint at" in r.stderr and "Traceback" not in r.stderr
