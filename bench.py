@@ -49,7 +49,7 @@ def reference_img_s(cfg, batches: int, warmup: int, root=None) -> tuple[float, f
         opt.zero_grad()
         loss.backward()
         opt.step()
-        float(loss)                                 # the per-batch host sync d2l's Accumulator does
+        loss.item()                                 # the per-batch host sync d2l's Accumulator does
         correct += mu.accuracy(y_hat, y)
         seen += len(y)
     return seen / (time.perf_counter() - t0), correct / seen
@@ -104,6 +104,35 @@ def time_to_90(device, precision):
     return dict(time_to_90_s=None, epoch_90=None), history
 
 
+def profile_step(preset, device, precision, steps=10, top=8) -> dict:
+    """Where one training step of `preset` spends its time: torch.profiler's top ops by self time."""
+    from torch.profiler import ProfilerActivity, profile
+    cfg = get_config(preset)
+    net = MLPNet(cfg).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    X = torch.rand(cfg.batch_size, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (cfg.batch_size,), device=device)
+
+    def step():
+        with mu.autocast(device, precision):
+            loss = nn.functional.cross_entropy(net(X), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for _ in range(3):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in events)
+    rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+    return dict(preset=preset, step_ms=total / steps / 1e3,
+                top_ops=[dict(op=e.key, share=getattr(e, key) / total, calls=e.count) for e in rows])
+
+
 def peak_rss_mb_of_training(args) -> float:
     """Peak resident memory of a separate `train.py` default run (this process holds the reference's data)."""
     with tempfile.TemporaryDirectory() as out:
@@ -121,9 +150,19 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--out", default="bench.json")
+    p.add_argument("--profile-only", action="store_true",
+                   help="only profile one training step of each preset (writes the profile to --out)")
     args = p.parse_args(argv)
     device = mu.resolve_device(args.device)
     precision = mu.resolve_precision(device, args.precision)
+    if args.profile_only:
+        prof = dict(device=str(device), hardware=mu.hardware(device), precision=precision, torch=torch.__version__,
+                    git_commit=mu.git_commit(), profiles=[profile_step(p, device, precision) for p in ("seed", "default")])
+        mu.atomic_write(args.out, json.dumps(prof, indent=2))
+        for pr in prof["profiles"]:
+            print(f"{pr['preset']}: {pr['step_ms']:.0f} ms/step; " +
+                  ", ".join(f"{o['op']} {o['share']:.0%}" for o in pr["top_ops"]))
+        return prof
     batches, warmup = (4, 2) if args.quick else (60, 5)
     rows = {}
     for preset in ("seed", "default"):

@@ -173,21 +173,26 @@ class FastLoader:
 
     Same contract as a DataLoader: iterate for (X float32 [B,1,28,28] in [0,1], y int64); len() = batches."""
 
-    def __init__(self, images, labels, batch_size, shuffle=False, augment=False, seed=0, device="cpu"):
+    def __init__(self, images, labels, batch_size, shuffle=False, augment=False, seed=0, device="cpu",
+                 shard=(0, 1)):
         self.images, self.labels = images.to(device), labels.to(device)
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # same seed on every rank: one shared permutation
+        self.rank, self.world = shard  # distributed: rank r takes every world-th index of that permutation
 
     @property
     def num_examples(self):
-        return len(self.labels)
+        return len(self.labels) // self.world  # equal shards, so every rank runs the same number of steps
 
     def __len__(self):
         return math.ceil(self.num_examples / self.batch_size)
 
     def __iter__(self):
         n, dev = self.num_examples, self.labels.device
-        order = torch.randperm(n, generator=self.generator).to(dev) if self.shuffle else None
+        order = torch.randperm(len(self.labels), generator=self.generator) if self.shuffle else None
+        if order is not None or self.world > 1:
+            order = (order if order is not None else torch.arange(len(self.labels)))
+            order = order[:n * self.world][self.rank::self.world].to(dev)
         for i in range(0, n, self.batch_size):
             idx = order[i:i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
             X = self.images[idx].unsqueeze(1).float().div_(255)
@@ -197,16 +202,18 @@ class FastLoader:
 
 
 def fashion_mnist_loaders(batch_size, val_size=5000, augment=False, seed=0, device="cpu", train_limit=None,
-                          root=None):
+                          root=None, shard=(0, 1)):
     """(train, val, test) FastLoaders. The last `val_size` images of a fixed permutation of the 60k training
-    set are the validation split (model selection); the test set is for the final report only."""
+    set are the validation split (model selection); the test set is for the final report only.
+    `shard=(rank, world)` gives this process its share of every training epoch (batch_size is per process)."""
     a = load_arrays(root)
     perm = torch.randperm(len(a["train_y"]), generator=torch.Generator().manual_seed(SPLIT_SEED))
     train_idx, val_idx = perm[:len(perm) - val_size], perm[len(perm) - val_size:]
     if train_limit:
         train_idx = train_idx[:train_limit]
     mk = lambda x, y, **kw: FastLoader(x, y, batch_size, device=device, **kw)  # noqa: E731
-    return (mk(a["train_x"][train_idx], a["train_y"][train_idx], shuffle=True, augment=augment, seed=seed),
+    return (mk(a["train_x"][train_idx], a["train_y"][train_idx], shuffle=True, augment=augment, seed=seed,
+               shard=shard),
             mk(a["train_x"][val_idx], a["train_y"][val_idx]),
             mk(a["test_x"], a["test_y"]))
 

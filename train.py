@@ -12,6 +12,7 @@ import argparse
 import io
 import json
 import math
+import os
 import random
 import signal
 import tempfile
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 import my_utils as mu
@@ -115,17 +118,22 @@ class StopOnInterrupt:
 
 
 def fit(net, train_iter, val_iter, cfg, device="auto", precision="auto", animator=None, log=print,
-        progress=True, run_dir=None, resume=None, meta=None):
+        progress=True, run_dir=None, resume=None, meta=None, compile=False):
     """The training loop used by the notebook, train.py, the benchmark and the tests.
 
     Per epoch: train loss/acc (accumulated on the device, read once an epoch) and validation accuracy; with
     `run_dir`, a checkpoint (last.pt, and best.pt when validation improves). `resume`: a checkpoint dict to
-    continue from. Ctrl-C stops the run and keeps the last complete epoch's checkpoint. At the end the
+    continue from. `compile`: run the forward/backward through torch.compile. Ctrl-C stops the run and keeps the last complete epoch's checkpoint. At the end the
     weights of the best validation epoch are restored (model selection on validation).
     Returns the history: a list of {epoch, train_loss, train_acc, val_acc, seconds, eval_seconds, lr}."""
     device = mu.resolve_device(device)
     precision = mu.resolve_precision(device, precision)
     net.to(device)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    writer = not dist.is_initialized() or dist.get_rank() == 0  # only rank 0 writes files
+    model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
+    if compile:  # off by default: on a 2-core CPU it did not win back its compile time
+        model = torch.compile(model)
     opt = make_optimizer(net, cfg)
     sched = make_scheduler(opt, cfg, len(train_iter))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -157,7 +165,7 @@ def fit(net, train_iter, val_iter, cfg, device="auto", precision="auto", animato
             for X, y in tqdm(train_iter, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress):
                 X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with mu.autocast(device, precision):
-                    y_hat = net(X)
+                    y_hat = model(X)
                     loss = loss_f(y_hat, y)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -176,6 +184,8 @@ def fit(net, train_iter, val_iter, cfg, device="auto", precision="auto", animato
                 log(f"interrupted during epoch {epoch}: stopped after the current batch and dropped that "
                     f"partial epoch; {where}")
                 break
+            if world > 1:
+                dist.all_reduce(sums)  # every rank's share of the epoch
             loss_sum, correct, count = sums.tolist()
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(f"epoch {epoch}: the training loss is {loss_sum}; the learning rate "
@@ -189,7 +199,7 @@ def fit(net, train_iter, val_iter, cfg, device="auto", precision="auto", animato
             improved = val_acc > best_val
             if improved:
                 best_val, best_state = val_acc, {k: v.detach().clone() for k, v in net.state_dict().items()}
-            if run_dir is not None:
+            if run_dir is not None and writer:
                 state = dict(config=cfg.to_dict(), epoch=epoch, model=net.state_dict(), optimizer=opt.state_dict(),
                              scheduler=sched.state_dict(), scaler=scaler.state_dict(), history=history,
                              best_val_acc=best_val, rng=rng_state(train_iter), **(meta or {}))
@@ -200,6 +210,8 @@ def fit(net, train_iter, val_iter, cfg, device="auto", precision="auto", animato
             r = history[-1]
             log(f"epoch {epoch:3d}  loss {r['train_loss']:.4f}  train acc {r['train_acc']:.4f}  "
                 f"val acc {val_acc:.4f}  {seconds:.1f}s  ({count / seconds:.0f} img/s)")
+            if world > 1 and run_dir is not None:
+                dist.barrier()  # nobody races ahead of rank 0's checkpoint
             if animator is not None:
                 animator.add(epoch, (r["train_loss"], r["train_acc"], val_acc))
     if best_state is not None:
@@ -246,6 +258,9 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="default: $FASHION_MNIST_DIR or ./data")
     p.add_argument("--out", help="run directory for metrics.json, model.pt, curves.png, checkpoints")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last complete epoch")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on GPUs)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only (for CUDA; slower). CPU runs are deterministic anyway")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if not args.out and not args.resume:
@@ -264,6 +279,20 @@ def check_writable(out: Path):
         raise SystemExit(f"error: run directory {out} is not writable ({e.strerror}); choose another --out")
 
 
+def setup_distributed(device):
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on CUDA, gloo on CPU) and take this
+    process's GPU. Returns (rank, world_size, device); (0, 1, device) for a plain `python train.py`."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     resume = None
@@ -279,33 +308,48 @@ def main(argv=None) -> dict:
             raise ValueError(f"--train-limit={args.train_limit} must be positive")
         device = mu.resolve_device(args.device)
         precision = mu.resolve_precision(device, args.precision)
+        rank, world, device = setup_distributed(device)
+        if cfg.batch_size % world:
+            raise ValueError(f"batch size {cfg.batch_size} must divide evenly over {world} processes")
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
+    log = print if rank == 0 else (lambda s: None)
     out = Path(args.out)
-    check_writable(out)
+    if rank == 0:
+        check_writable(out)
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+        torch.use_deterministic_algorithms(True)
     seed_everything(args.seed)
     try:
         train_iter, val_iter, test_iter = mu.fashion_mnist_loaders(
-            cfg.batch_size, cfg.val_size, augment=cfg.augment, seed=args.seed, device=device,
-            train_limit=args.train_limit, root=args.data_dir)
+            cfg.batch_size // world, cfg.val_size, augment=cfg.augment, seed=args.seed, device=device,
+            train_limit=args.train_limit, root=args.data_dir, shard=(rank, world))
     except mu.DataError as e:
         raise SystemExit(f"error: {e}")
     net = MLPNet(cfg)
-    print(f"preset {args.preset}: {count_params(net):,} parameters, {train_iter.num_examples} training images")
+    log(f"preset {args.preset}: {count_params(net):,} parameters, {train_iter.num_examples * world} training "
+        f"images" + (f" in {world} shards of {train_iter.num_examples} ({world} processes)" if world > 1 else ""))
     animator = mu.training_animator(cfg.epochs)
     meta = dict(preset=args.preset, seed=args.seed, train_limit=args.train_limit)
     try:
-        history = fit(net, train_iter, val_iter, cfg, device, precision, animator=animator,
-                      progress=not args.quiet, run_dir=out, resume=resume, meta=meta)
+        history = fit(net, train_iter, val_iter, cfg, device, precision, animator=animator, log=log,
+                      progress=not args.quiet and rank == 0, run_dir=out, resume=resume, meta=meta,
+                      compile=args.compile)
     except FloatingPointError as e:
         raise SystemExit(f"error: {e}")
     if len(history) < cfg.epochs:
         raise SystemExit(130)  # interrupted: fit said where the checkpoint is
     test_acc = mu.evaluate_accuracy(net, test_iter, device, precision)
+    if rank != 0:
+        dist.destroy_process_group()
+        return {}
     metrics = save_run(out, net, cfg, history, test_acc, precision=precision, device=device, animator=animator,
-                       **meta)
+                       extra=dict(world_size=world), **meta)
     print(f"best val acc {metrics['val_acc']:.4f} (epoch {metrics['best_epoch']}), test acc {test_acc:.4f}, "
           f"{metrics['train_seconds']:.0f}s training. Wrote {out}/metrics.json, model.pt, curves.png")
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return metrics
 
 

@@ -1,7 +1,8 @@
-"""Render README's result tables from the JSON files in results/ (no hand-typed numbers).
+"""Render the result tables of README.md and BENCHMARKS.md from the JSON files in results/ (no hand-typed
+numbers).
 
-    python results/render.py           # rewrite the marked blocks in README.md
-    python results/render.py --check   # exit 1 if README.md is out of date
+    python results/render.py           # rewrite the marked blocks
+    python results/render.py --check   # exit 1 if a page is out of date
     python results/render.py --record runs/NAME   # keep a `make run` as results/make_run_cpu.json (+ curves)
 
 A block is the text between `<!-- results:NAME -->` and `<!-- /results:NAME -->`; NAME picks the renderer.
@@ -73,11 +74,20 @@ def render_bench(folder: Path) -> str:
     return table(rows)
 
 
+def render_profile(folder: Path) -> str:
+    prof = load(folder / "profile_cpu.json", ("profiles", "hardware", "precision"))
+    rows = []
+    for p in prof["profiles"]:
+        ops = ", ".join(f"`{o['op']}` {100 * o['share']:.0f} %" for o in p["top_ops"][:6])
+        rows.append((f"`{p['preset']}`, one step of batch 256 ({p['step_ms']:.0f} ms)", ops))
+    return table(rows)
+
+
 def table(rows) -> str:
     return "\n".join(["| what | value |", "| --- | --- |", *[f"| {a} | {b} |" for a, b in rows]])
 
 
-RENDERERS = {"make_run": render_make_run, "bench": render_bench}
+RENDERERS = {"make_run": render_make_run, "bench": render_bench, "profile": render_profile}
 
 
 def render(text: str, folder: Path = HERE) -> str:
@@ -98,26 +108,27 @@ def record(run: Path, folder: Path = HERE):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--readme", default=str(HERE.parent / "README.md"))
+    p.add_argument("--readme", nargs="+", default=[str(HERE.parent / n) for n in ("README.md", "BENCHMARKS.md")],
+                   help="the Markdown files whose marked blocks to render (default: README.md BENCHMARKS.md)")
     p.add_argument("--check", action="store_true")
     p.add_argument("--record", metavar="RUN_DIR", help="copy a make-run directory's metrics.json + wall.json "
                    "into results/make_run_cpu.json and its curves.png beside it, then render")
     args = p.parse_args(argv)
-    if args.record:
-        record(Path(args.record))
-    readme = Path(args.readme)
-    old = readme.read_text()
     try:
-        new = render(old)
+        if args.record:
+            record(Path(args.record))
+        pages = {Path(f): Path(f).read_text() for f in args.readme}
+        rendered = {f: render(text) for f, text in pages.items()}  # all or nothing: no file half-updated
     except ResultsError as e:
         sys.exit(f"error: {e}")
+    stale = [str(f) for f in pages if rendered[f] != pages[f]]
     if args.check:
-        sys.exit(0 if new == old else "README.md is out of date: run python results/render.py")
-    if new != old:
-        tmp = readme.with_name(f".{readme.name}.tmp")
-        tmp.write_text(new)
-        tmp.replace(readme)
-        print(f"updated {readme}")
+        sys.exit(f"out of date: {', '.join(stale)}; run python results/render.py" if stale else 0)
+    for f in stale:
+        tmp = f.with_name(f".{f.name}.tmp")
+        tmp.write_text(rendered[f])
+        tmp.replace(f)
+        print(f"updated {f}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,18 @@ def test_short_real_training_run_learns(tmp_path):
     assert sum("val acc" in line for line in logs) == 2
 
 
+def test_bf16_autocast_trains_like_fp32():
+    """bf16 autocast (native on AVX512-BF16/AMX CPUs and GPUs, emulated elsewhere) on a subset: within 3 points."""
+    accs = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        cfg = get_config("default", epochs=1, batch_size=64)
+        tr, va, _ = mu.fashion_mnist_loaders(cfg.batch_size, train_limit=3000)
+        history = fit(MLPNet(cfg), tr, va, cfg, "cpu", precision, log=lambda s: None, progress=False)
+        accs[precision] = history[-1]["val_acc"]
+    assert accs["fp32"] > 0.5 and abs(accs["bf16"] - accs["fp32"]) < 0.03, accs
+
+
 def test_best_validation_epoch_is_restored():
     cfg = get_config("default", epochs=2, lr=0.5)  # a silly lr: epoch 2 may be worse than epoch 1
     tr, va, _ = mu.fashion_mnist_loaders(cfg.batch_size, train_limit=1024)
@@ -118,6 +130,9 @@ def test_train_py_writes_metrics_model_and_curves(tmp_path):
     (["--lr", "-1"], "lr=-1.0 must be positive"),
     (["--train-limit", "0"], "--train-limit=0 must be positive"),
     (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    pytest.param(["--device", "cuda"], "'cuda' was requested but is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_train_py_bad_input_fails_cleanly_before_writing(tmp_path, args, message):
     out = tmp_path / "run"
