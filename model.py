@@ -242,6 +242,3 @@ class MLPNet(nn.Module):
 def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
-
-def loss_fn(cfg: Config) -> nn.Module:
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

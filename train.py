@@ -123,8 +123,9 @@ def fit(net, train_iter, val_iter, cfg, device="auto", precision="auto", animato
 
     Per epoch: train loss/acc (accumulated on the device, read once an epoch) and validation accuracy; with
     `run_dir`, a checkpoint (last.pt, and best.pt when validation improves). `resume`: a checkpoint dict to
-    continue from. `compile`: run the forward/backward through torch.compile. Ctrl-C stops the run and keeps the last complete epoch's checkpoint. At the end the
-    weights of the best validation epoch are restored (model selection on validation).
+    continue from. `compile`: run the model through torch.compile. Ctrl-C stops after the current batch and
+    keeps the last complete epoch's checkpoint. At the end the weights of the best validation epoch are
+    restored (model selection on validation).
     Returns the history: a list of {epoch, train_loss, train_acc, val_acc, seconds, eval_seconds, lr}."""
     device = mu.resolve_device(device)
     precision = mu.resolve_precision(device, precision)

@@ -121,9 +121,9 @@ def main(argv=None):
         rendered = {f: render(text) for f, text in pages.items()}  # all or nothing: no file half-updated
     except ResultsError as e:
         sys.exit(f"error: {e}")
-    stale = [str(f) for f in pages if rendered[f] != pages[f]]
+    stale = [f for f in pages if rendered[f] != pages[f]]
     if args.check:
-        sys.exit(f"out of date: {', '.join(stale)}; run python results/render.py" if stale else 0)
+        sys.exit(f"out of date: {', '.join(map(str, stale))}; run python results/render.py" if stale else 0)
     for f in stale:
         tmp = f.with_name(f".{f.name}.tmp")
         tmp.write_text(rendered[f])

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import my_utils as mu
-from model import Config, MLPNet, count_params, get_config
+from model import MLPNet, count_params, get_config
+from predict import load_model
 from train import fit
 from conftest import ROOT
 
@@ -117,9 +118,7 @@ def test_train_py_writes_metrics_model_and_curves(tmp_path):
     assert m["epochs"] == 1 and m["train_limit"] == 4000
     assert set(m["history"][0]) >= {"epoch", "train_loss", "train_acc", "val_acc", "seconds"}
     assert 0.5 < m["test_acc"] <= 1  # 63 steps; chance is 0.1
-    ckpt = torch.load(out / "model.pt", weights_only=True)
-    net = MLPNet(Config(**ckpt["config"]))
-    net.load_state_dict(ckpt["state_dict"])
+    net = load_model(out / "model.pt")  # torch.load(..., weights_only=True) of config + weights
     _, _, te = mu.fashion_mnist_loaders(1000)
     assert mu.evaluate_accuracy(net, te) == pytest.approx(m["test_acc"])
     assert (out / "curves.png").stat().st_size > 1000
