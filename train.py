@@ -277,7 +277,8 @@ def check_writable(out: Path):
             f.write(b"\0" * (1 << 20))  # about what a checkpoint needs
             f.flush()
     except OSError as e:
-        raise SystemExit(f"error: run directory {out} is not writable ({e.strerror}); choose another --out")
+        raise SystemExit(f"error: run directory {out} is not writable or is full ({e.strerror}); free space "
+                         f"or choose another --out")
 
 
 def setup_distributed(device):

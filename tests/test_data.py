@@ -71,18 +71,26 @@ def _copy_raw(raw_dir, tmp_path):
     return dst
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip-byte"])
-def test_corrupt_file_is_rejected_with_the_fix(raw_dir, tmp_path, damage):
+@pytest.mark.parametrize("name,damage", [
+    ("train-images-idx3-ubyte", "truncate"), ("train-images-idx3-ubyte", "pixel"),
+    ("t10k-images-idx3-ubyte", "magic"), ("train-labels-idx1-ubyte", "label-out-of-range")])
+def test_corrupt_file_is_rejected_with_the_fix(raw_dir, tmp_path, name, damage):
     dst = _copy_raw(raw_dir, tmp_path)
-    f = dst / "train-images-idx3-ubyte"
+    f = dst / name
     blob = bytearray(f.read_bytes())
     if damage == "truncate":
         blob = blob[: len(blob) // 2]
-    else:
+    elif damage == "pixel":
         blob[5000] ^= 0xFF
+    elif damage == "magic":
+        blob[2] = 0x0D                      # IDX type byte: 0x08 (ubyte) -> 0x0D (float)
+    else:
+        blob[8 + 123] = 42                  # a label of 42
     f.write_bytes(bytes(blob))
-    with pytest.raises(mu.DataError, match="train-images-idx3-ubyte is corrupt or truncated.*Delete it"):
+    before = sorted(p.name for p in dst.iterdir())
+    with pytest.raises(mu.DataError, match=f"{name} is corrupt or truncated.*Delete it"):
         mu.load_arrays(tmp_path)
+    assert sorted(p.name for p in dst.iterdir()) == before, "nothing added or removed"
 
 
 def test_debian_fetch_writes_only_verified_files(tmp_path):

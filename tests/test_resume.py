@@ -111,3 +111,18 @@ def test_unwritable_run_directory_fails_before_training(tmp_path):
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     r = train("--resume", str(tmp_path))
     assert r.returncode != 0 and "no checkpoint at" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_full_run_directory_fails_before_training(tmp_path):
+    """A 512 KiB filesystem cannot take a checkpoint: train.py must say so before it trains."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        r = train(*SMALL, "--epochs", "1", "--out", str(mnt / "run"))
+        assert r.returncode != 0 and "is not writable" in r.stderr and "training on" not in r.stdout
+        assert list((mnt / "run").iterdir()) == [], "no probe or partial file left behind"
+    finally:
+        subprocess.run(["umount", str(mnt)])
