@@ -189,9 +189,10 @@ class FastLoader:
 
     def __iter__(self):
         n, dev = self.num_examples, self.labels.device
-        order = torch.randperm(len(self.labels), generator=self.generator) if self.shuffle else None
-        if order is not None or self.world > 1:
-            order = (order if order is not None else torch.arange(len(self.labels)))
+        order = None
+        if self.shuffle or self.world > 1:
+            order = torch.randperm(len(self.labels), generator=self.generator) if self.shuffle \
+                else torch.arange(len(self.labels))
             order = order[:n * self.world][self.rank::self.world].to(dev)
         for i in range(0, n, self.batch_size):
             idx = order[i:i + self.batch_size] if order is not None else slice(i, i + self.batch_size)

@@ -20,11 +20,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 import my_utils as mu
 from model import IMAGE_SIZE, Config, MLPNet
+from train import load_checkpoint
 
 
 def load_model(path) -> MLPNet:
     """A `model.pt` written by train.py / the notebook (config + weights), loaded with weights_only=True."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path)  # clear errors for a missing or truncated file
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not a model.pt written by this repo (it has no config and state_dict)")
     net = MLPNet(Config(**ckpt["config"]))
