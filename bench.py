@@ -1,6 +1,6 @@
 """Side-by-side training benchmark: the d2l-chapter reference loop vs ours, MFU, time to 90 %, peak memory.
 
-    python bench.py              # full: ~15 min on a 2-core CPU
+    python bench.py              # full: ~30 min on a 2-core CPU
     python bench.py --quick      # CI-sized: a few batches each, no time-to-90 run
 
 Everything is measured in this one process on this one machine; speed is reported as a ratio against the
@@ -28,44 +28,61 @@ from model import MLPNet, get_config
 from train import fit
 
 
-def reference_img_s(cfg, batches: int, warmup: int, root=None) -> tuple[float, float]:
-    """The d2l chapter's way: ToTensor dataset, 4 workers, float(loss) and a host-side accuracy every batch."""
+def reference_run(cfg, batches=None, epochs=1, warmup=5, train_limit=None, root=None) -> dict:
+    """The d2l chapter's way: ToTensor dataset, 4 workers, float(loss) and a host-side accuracy every batch.
+
+    `batches`: time that many batches after `warmup` ones. Otherwise train `epochs` whole epochs, timed from
+    the first batch, and report the test accuracy (d2l's evaluation: ToTensor, DataLoader)."""
     from torchvision import datasets, transforms
     raw = mu.fetch_fashion_mnist(root)
-    ds = datasets.FashionMNIST(str(raw.parent.parent), train=True, transform=transforms.ToTensor())
-    loader = torch.utils.data.DataLoader(ds, cfg.batch_size, shuffle=True, num_workers=4)
+    sets = [datasets.FashionMNIST(str(raw.parent.parent), train=t, transform=transforms.ToTensor()) for t in (1, 0)]
+    if train_limit:
+        sets = [torch.utils.data.Subset(d, range(min(train_limit, len(d)))) for d in sets]
+    loader = torch.utils.data.DataLoader(sets[0], cfg.batch_size, shuffle=True, num_workers=4)
     torch.manual_seed(0)
     net, loss_f = MLPNet(cfg), nn.CrossEntropyLoss()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    net.train()
-    seen, correct, t0 = 0, 0.0, None
-    for i, (X, y) in enumerate(loader):
-        if i == warmup:
-            t0, seen, correct = time.perf_counter(), 0, 0.0
-        if i == warmup + batches:
+    seen, step, t0 = 0, 0, time.perf_counter()
+    for _ in range(epochs if batches is None else 10 ** 6):
+        net.train()
+        for X, y in loader:
+            if batches is not None and step == warmup:
+                t0, seen = time.perf_counter(), 0
+            if batches is not None and step == warmup + batches:
+                break
+            y_hat = net(X)
+            loss = loss_f(y_hat, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()                                 # the per-batch host syncs d2l's Accumulator does
+            mu.accuracy(y_hat, y)
+            seen, step = seen + len(y), step + 1
+        if batches is not None and step >= warmup + batches:
             break
-        y_hat = net(X)
-        loss = loss_f(y_hat, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss.item()                                 # the per-batch host sync d2l's Accumulator does
-        correct += mu.accuracy(y_hat, y)
-        seen += len(y)
-    return seen / (time.perf_counter() - t0), correct / seen
+    out = dict(img_s=seen / (time.perf_counter() - t0), test_acc=None)
+    if batches is None:
+        out["test_acc"] = mu.evaluate_accuracy(net, torch.utils.data.DataLoader(sets[1], 256, num_workers=4))
+    return out
 
 
-def ours_img_s(cfg, batches: int, warmup: int, device, precision) -> tuple[float, float]:
-    """Our `fit` on `batches` batches, after a warm-up fit; img/s from its own epoch timer."""
-    results = []
-    for n in (warmup, batches):
-        c = dataclasses.replace(cfg, epochs=1)
-        tr, _, _ = mu.fashion_mnist_loaders(c.batch_size, c.val_size, augment=c.augment, device=device,
-                                            train_limit=n * c.batch_size)
+def ours_run(cfg, device, precision, batches=None, epochs=1, warmup=5, train_limit=None) -> dict:
+    """Our `fit`, the same network and batch size. `batches`: img/s of a fit on that many batches, after a
+    warm-up fit; otherwise `epochs` whole epochs on all 60,000 training images (no validation split, like
+    the reference), img/s over all of them, and the test accuracy."""
+    runs = [warmup, batches] if batches is not None else [None]
+    for n in runs:
+        c = dataclasses.replace(cfg, epochs=epochs if batches is None else 1, val_size=0)
+        limit = n * c.batch_size if n is not None else train_limit
+        tr, _, te = mu.fashion_mnist_loaders(c.batch_size, 0, augment=c.augment, erase=c.erase,
+                                             device=device, train_limit=limit)
         torch.manual_seed(0)
-        h = fit(MLPNet(c), tr, None, c, device, precision, log=lambda s: None, progress=False)
-        results.append((tr.num_examples / h[0]["seconds"], h[0]["train_acc"]))
-    return results[-1]
+        net = MLPNet(c)
+        h = fit(net, tr, None, c, device, precision, log=lambda s: None, progress=False)
+    out = dict(img_s=tr.num_examples * len(h) / sum(r["seconds"] for r in h), test_acc=None)
+    if batches is None:
+        out["test_acc"] = mu.evaluate_accuracy(net, te, device, precision)
+    return out
 
 
 def matmul_peak_gflops(device, dtype, n=2048, seconds=2.0) -> float:
@@ -93,7 +110,8 @@ def train_flops_per_image(cfg, batch=64) -> float:
 def time_to_90(device, precision):
     """Train the default recipe; wall seconds (train + validation) until validation accuracy first >= 90 %."""
     cfg = get_config("default")
-    tr, va, _ = mu.fashion_mnist_loaders(cfg.batch_size, cfg.val_size, augment=cfg.augment, device=device)
+    tr, va, _ = mu.fashion_mnist_loaders(cfg.batch_size, cfg.val_size, augment=cfg.augment, erase=cfg.erase,
+                                         device=device)
     torch.manual_seed(0)
     history = fit(MLPNet(cfg), tr, va, cfg, device, precision, log=lambda s: None, progress=False)
     elapsed = 0.0
@@ -150,6 +168,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--out", default="bench.json")
+    p.add_argument("--acc-epochs", type=int, default=2,
+                   help="whole epochs of the seed network in both loops, for speed and test accuracy")
     p.add_argument("--profile-only", action="store_true",
                    help="only profile one training step of each preset (writes the profile to --out)")
     args = p.parse_args(argv)
@@ -164,15 +184,22 @@ def main(argv=None):
                   ", ".join(f"{o['op']} {o['share']:.0%}" for o in pr["top_ops"]))
         return prof
     batches, warmup = (4, 2) if args.quick else (60, 5)
+    # seed: whole epochs of both loops, so that their accuracies can be compared; default: img/s only
+    plans = {"seed": dict(epochs=1 if args.quick else args.acc_epochs, train_limit=1024 if args.quick else None),
+             "default": dict(batches=batches, warmup=warmup)}
     rows = {}
-    for preset in ("seed", "default"):
+    for preset, plan in plans.items():
         cfg = get_config(preset)
-        ref, ref_acc = reference_img_s(cfg, batches, warmup) if device.type == "cpu" else (None, None)
-        ours, ours_acc = ours_img_s(cfg, batches, warmup, device, precision)
-        rows[preset] = dict(reference_img_s=ref, ours_img_s=ours, speedup=ours / ref if ref else None,
-                            model_gflops=train_flops_per_image(cfg) / 1e9)
-        print(f"{preset:>8}: reference {ref or float('nan'):8.0f} img/s   ours {ours:8.0f} img/s   "
-              f"speedup {rows[preset]['speedup'] or float('nan'):.2f}x", flush=True)
+        ref = reference_run(cfg, **plan) if device.type == "cpu" else dict(img_s=None, test_acc=None)
+        ours = ours_run(cfg, device, precision, **plan)
+        rows[preset] = dict(reference_img_s=ref["img_s"], ours_img_s=ours["img_s"],
+                            speedup=ours["img_s"] / ref["img_s"] if ref["img_s"] else None,
+                            reference_test_acc=ref["test_acc"], ours_test_acc=ours["test_acc"],
+                            model_gflops=train_flops_per_image(cfg) / 1e9, **plan)
+        acc = (f"   test acc after {plan['epochs']} epoch(s): reference {ref['test_acc'] or float('nan'):.4f}, "
+               f"ours {ours['test_acc']:.4f}" if "epochs" in plan else "")
+        print(f"{preset:>8}: reference {ref['img_s'] or float('nan'):8.0f} img/s   ours {ours['img_s']:8.0f} img/s"
+              f"   speedup {rows[preset]['speedup'] or float('nan'):.2f}x" + acc, flush=True)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     peak = matmul_peak_gflops(device, dtype, seconds=0.5 if args.quick else 2.0)
     d = rows["default"]

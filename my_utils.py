@@ -168,15 +168,32 @@ def augment_batch(X: torch.Tensor, generator: torch.Generator, shift: int = 2) -
     return Xp[torch.arange(b, device=X.device)[:, None, None], 0, rows, cols].unsqueeze(1)
 
 
+def erase_batch(X: torch.Tensor, generator: torch.Generator, p: float, area=(0.02, 0.25), ratio=(0.3, 3.3)):
+    """Random erasing (Zhong et al. 2017), per image: with probability p, zero one rectangle covering `area` of
+    the image with aspect ratio in `ratio`. Vectorised: torchvision's RandomErasing erases one rectangle per
+    call, i.e. the same one for a whole batch."""
+    b, _, h, w = X.shape
+    u = torch.rand(5, b, generator=generator)
+    s = (area[0] + u[0] * (area[1] - area[0])) * h * w
+    r = torch.exp(math.log(ratio[0]) + u[1] * (math.log(ratio[1]) - math.log(ratio[0])))
+    eh, ew = (s * r).sqrt().round().clamp(1, h), (s / r).sqrt().round().clamp(1, w)
+    top, left = (u[2] * (h - eh + 1)).floor(), (u[3] * (w - ew + 1)).floor()
+    rows, cols = torch.arange(h)[None, :], torch.arange(w)[None, :]
+    inside = (((rows >= top[:, None]) & (rows < (top + eh)[:, None]))[:, :, None]
+              & ((cols >= left[:, None]) & (cols < (left + ew)[:, None]))[:, None, :])
+    inside &= (u[4] < p)[:, None, None]
+    return X.masked_fill(inside[:, None].to(X.device), 0.0)
+
+
 class FastLoader:
     """Batches by index from one uint8 tensor held on the training device; /255 and augmentation per batch.
 
     Same contract as a DataLoader: iterate for (X float32 [B,1,28,28] in [0,1], y int64); len() = batches."""
 
-    def __init__(self, images, labels, batch_size, shuffle=False, augment=False, seed=0, device="cpu",
+    def __init__(self, images, labels, batch_size, shuffle=False, augment=False, erase=0.0, seed=0, device="cpu",
                  shard=(0, 1)):
         self.images, self.labels = images.to(device), labels.to(device)
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.batch_size, self.shuffle, self.augment, self.erase = batch_size, shuffle, augment, erase
         self.generator = torch.Generator().manual_seed(seed)  # same seed on every rank: one shared permutation
         self.rank, self.world = shard  # distributed: rank r takes every world-th index of that permutation
 
@@ -199,11 +216,13 @@ class FastLoader:
             X = self.images[idx].unsqueeze(1).float().div_(255)
             if self.augment:
                 X = augment_batch(X, self.generator)
+            if self.erase:
+                X = erase_batch(X, self.generator, self.erase)
             yield X, self.labels[idx]
 
 
 def fashion_mnist_loaders(batch_size, val_size=5000, augment=False, seed=0, device="cpu", train_limit=None,
-                          root=None, shard=(0, 1)):
+                          root=None, shard=(0, 1), erase=0.0):
     """(train, val, test) FastLoaders. The last `val_size` images of a fixed permutation of the 60k training
     set are the validation split (model selection); the test set is for the final report only.
     `shard=(rank, world)` gives this process its share of every training epoch (batch_size is per process)."""
@@ -213,8 +232,8 @@ def fashion_mnist_loaders(batch_size, val_size=5000, augment=False, seed=0, devi
     if train_limit:
         train_idx = train_idx[:train_limit]
     mk = lambda x, y, **kw: FastLoader(x, y, batch_size, device=device, **kw)  # noqa: E731
-    return (mk(a["train_x"][train_idx], a["train_y"][train_idx], shuffle=True, augment=augment, seed=seed,
-               shard=shard),
+    return (mk(a["train_x"][train_idx], a["train_y"][train_idx], shuffle=True, augment=augment, erase=erase,
+               seed=seed, shard=shard),
             mk(a["train_x"][val_idx], a["train_y"][val_idx]),
             mk(a["test_x"], a["test_y"]))
 

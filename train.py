@@ -15,6 +15,7 @@ import math
 import os
 import random
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -118,12 +119,13 @@ class StopOnInterrupt:
 
 
 def fit(net, train_iter, val_iter, cfg, device="auto", precision="auto", animator=None, log=print,
-        progress=True, run_dir=None, resume=None, meta=None, compile=False):
+        progress=True, run_dir=None, resume=None, meta=None, compile=False, test_iter=None):
     """The training loop used by the notebook, train.py, the benchmark and the tests.
 
     Per epoch: train loss/acc (accumulated on the device, read once an epoch) and validation accuracy; with
     `run_dir`, a checkpoint (last.pt, and best.pt when validation improves). `resume`: a checkpoint dict to
-    continue from. `compile`: run the model through torch.compile. Ctrl-C stops after the current batch and
+    continue from. `compile`: run the model through torch.compile. `test_iter`: also record each epoch's
+    test accuracy, for learning curves only (nothing is chosen on it). Ctrl-C stops after the current batch and
     keeps the last complete epoch's checkpoint. At the end the weights of the best validation epoch are
     restored (model selection on validation).
     Returns the history: a list of {epoch, train_loss, train_acc, val_acc, seconds, eval_seconds, lr}."""
@@ -197,6 +199,8 @@ def fit(net, train_iter, val_iter, cfg, device="auto", precision="auto", animato
             history.append(dict(epoch=epoch, train_loss=loss_sum / count, train_acc=correct / count,
                                 val_acc=val_acc, seconds=seconds, eval_seconds=timer.stop(),
                                 lr=opt.param_groups[0]["lr"]))
+            if test_iter is not None:
+                history[-1]["test_acc"] = mu.evaluate_accuracy(net, test_iter, device, precision)
             improved = val_acc > best_val
             if improved:
                 best_val, best_state = val_acc, {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -220,6 +224,18 @@ def fit(net, train_iter, val_iter, cfg, device="auto", precision="auto", animato
         best = max(history, key=lambda r: r["val_acc"])
         log(f"restored the weights of epoch {best['epoch']} (best validation accuracy {best['val_acc']:.4f})")
     return history
+
+
+def train_and_test(cfg, seed=0, device="auto", precision="auto", train_limit=None, log=print, progress=False):
+    """One complete run without files: seeded data and weights, `fit`, then the test set once.
+    Returns (net, history, test_acc). The patch-size study runs many of these."""
+    seed_everything(seed)
+    train_iter, val_iter, test_iter = mu.fashion_mnist_loaders(
+        cfg.batch_size, cfg.val_size, augment=cfg.augment, erase=cfg.erase, seed=seed, device=device,
+        train_limit=train_limit)
+    net = MLPNet(cfg)
+    history = fit(net, train_iter, val_iter, cfg, device, precision, log=log, progress=progress)
+    return net, history, mu.evaluate_accuracy(net, test_iter, device, precision)
 
 
 def save_run(out_dir, net, cfg, history, test_acc, *, preset, seed, device, precision, train_limit=None,
@@ -252,6 +268,11 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, help="default: the preset's")
     p.add_argument("--batch-size", type=int, help="default: the preset's")
     p.add_argument("--lr", type=float, help="default: the preset's")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any Config field, e.g. --set patch=7 --set dropout=0.1 (repeatable)")
+    p.add_argument("--test-curve", action="store_true",
+                   help="also record test accuracy after every epoch (to report a learning curve; model "
+                        "selection still uses validation only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (auto: CUDA, then MPS, then CPU)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
@@ -267,6 +288,26 @@ def parse_args(argv=None):
     if not args.out and not args.resume:
         p.error("give --out DIR (or --resume DIR)")
     return args
+
+
+def command_line() -> str:
+    """How this process was started, for the record in metrics.json."""
+    prefix = "torchrun ... " if "WORLD_SIZE" in os.environ else "python "
+    return prefix + " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["patch=7", "augment=true"] -> {"patch": 7, "augment": True}: values are read as JSON, else as text."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: write FIELD=VALUE, e.g. --set patch=7")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def check_writable(out: Path):
@@ -305,7 +346,8 @@ def main(argv=None) -> dict:
             args.train_limit, args.out = resume["train_limit"], args.out or args.resume
             cfg = Config(**resume["config"])
         else:
-            cfg = get_config(args.preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+            cfg = get_config(args.preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             **parse_overrides(args.set))
         if args.train_limit is not None and args.train_limit <= 0:
             raise ValueError(f"--train-limit={args.train_limit} must be positive")
         device = mu.resolve_device(args.device)
@@ -325,7 +367,7 @@ def main(argv=None) -> dict:
     seed_everything(args.seed)
     try:
         train_iter, val_iter, test_iter = mu.fashion_mnist_loaders(
-            cfg.batch_size // world, cfg.val_size, augment=cfg.augment, seed=args.seed, device=device,
+            cfg.batch_size // world, cfg.val_size, augment=cfg.augment, erase=cfg.erase, seed=args.seed, device=device,
             train_limit=args.train_limit, root=args.data_dir, shard=(rank, world))
     except mu.DataError as e:
         raise SystemExit(f"error: {e}")
@@ -337,7 +379,7 @@ def main(argv=None) -> dict:
     try:
         history = fit(net, train_iter, val_iter, cfg, device, precision, animator=animator, log=log,
                       progress=not args.quiet and rank == 0, run_dir=out, resume=resume, meta=meta,
-                      compile=args.compile)
+                      compile=args.compile, test_iter=test_iter if args.test_curve else None)
     except FloatingPointError as e:
         raise SystemExit(f"error: {e}")
     if len(history) < cfg.epochs:
@@ -347,7 +389,7 @@ def main(argv=None) -> dict:
         dist.destroy_process_group()
         return {}
     metrics = save_run(out, net, cfg, history, test_acc, precision=precision, device=device, animator=animator,
-                       extra=dict(world_size=world), **meta)
+                       extra=dict(world_size=world, command=command_line()), **meta)
     print(f"best val acc {metrics['val_acc']:.4f} (epoch {metrics['best_epoch']}), test acc {test_acc:.4f}, "
           f"{metrics['train_seconds']:.0f}s training. Wrote {out}/metrics.json, model.pt, curves.png")
     if dist.is_initialized():

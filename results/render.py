@@ -59,6 +59,11 @@ def render_bench(folder: Path) -> str:
     p = b.get("presets", {})
     rows = [("`seed` network: reference (d2l-style) → ours",
              f"{b['reference_img_s']:.0f} → {b['ours_img_s']:.0f} img/s (**{b['speedup']:.2f}×**)")]
+    s = p.get("seed", {})
+    if s.get("reference_test_acc") is not None and s.get("ours_test_acc") is not None:
+        rows.append((f"`seed` test accuracy after {s['epochs']} epochs: reference → ours",
+                     f"{100 * s['reference_test_acc']:.2f} % → {100 * s['ours_test_acc']:.2f} % "
+                     f"({100 * (s['ours_test_acc'] - s['reference_test_acc']):+.2f} points)"))
     if "default" in p and p["default"].get("reference_img_s"):
         d = p["default"]
         rows.append(("`default` network: reference → ours",

@@ -65,6 +65,33 @@ def test_augmentation_is_a_shift_or_flip_of_the_image(arrays):
     assert not torch.equal(A, X)
 
 
+def test_random_erasing_zeroes_one_rectangle_in_about_p_of_the_images(arrays):
+    X = torch.ones(2000, 1, 28, 28)
+    E = mu.erase_batch(X, torch.Generator().manual_seed(0), p=0.5)
+    assert E.shape == X.shape
+    zeroed = E[:, 0] == 0
+    erased = zeroed.flatten(1).any(1)
+    assert abs(erased.float().mean().item() - 0.5) < 0.05
+    for z in zeroed[erased][:200]:
+        rows, cols = z.any(1).nonzero().flatten(), z.any(0).nonzero().flatten()
+        box = z[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all() and z.sum() == box.numel(), "exactly one solid rectangle"
+        assert 0.02 * 784 * 0.5 <= z.sum() <= 0.25 * 784 * 1.5
+    assert torch.equal(E[~erased], X[~erased])
+
+
+def test_loader_with_augmentation_keeps_labels_shape_and_range(arrays):
+    x = arrays["train_x"][:512]
+    plain = list(mu.FastLoader(x, torch.arange(512), 64, shuffle=True, seed=3))
+    aug = list(mu.FastLoader(x, torch.arange(512), 64, shuffle=True, augment=True, erase=0.5, seed=3))
+    for (X, idx), (Xa, idx_a) in zip(plain, aug):
+        assert torch.equal(idx, idx_a), "augmentation does not change which image (and label) comes when"
+        assert Xa.shape == (64, 1, 28, 28) and 0 <= Xa.min() and Xa.max() <= 1
+        # shifts with zero fill and erasing only remove ink; flips keep it
+        assert (Xa.sum((1, 2, 3)) <= X.sum((1, 2, 3)) + 1e-3).all()
+    assert not all(torch.equal(X, Xa) for (X, _), (Xa, _) in zip(plain, aug))
+
+
 def _copy_raw(raw_dir, tmp_path):
     dst = tmp_path / "FashionMNIST" / "raw"
     shutil.copytree(raw_dir, dst)

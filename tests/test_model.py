@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from model import PRESETS, Config, MLPNet, count_params, get_config, patchify, unpatchify
+from model import PRESETS, Config, Dropout, MLPNet, count_params, get_config, patchify, unpatchify
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 7, 14, 28])
@@ -87,3 +87,29 @@ def test_unknown_preset_and_field():
 def test_mismatched_block_widths_are_named():
     with pytest.raises(ValueError, match="block 0 expects 50 patches"):
         Config(blocks=[{"tokens": (50, 8, 50), "features": (128, 8, 128)}])
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_drops_at_rate_p_independently_and_rescales(p):
+    torch.manual_seed(0)
+    x = torch.ones(400, 1000, requires_grad=True)
+    y = Dropout(p)(x)
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - p) < 0.005
+    # the four 16-bit pieces of one 64-bit draw must not move together: neighbours both dropped ~ p^2
+    both = (dropped[:, :-1] & dropped[:, 1:]).float().mean().item()
+    assert abs(both - p * p) < 0.005
+    assert torch.allclose(y[~dropped], torch.full_like(y[~dropped], 1 / (1 - p)))
+    y.backward(torch.full_like(y, 2.0))
+    assert torch.equal(x.grad, 2 * y.detach()), "gradient is masked and scaled like the forward pass"
+    torch.manual_seed(0)
+    assert torch.equal(Dropout(p)(x), y), "same seed, same mask"
+    assert torch.equal(Dropout(p).eval()(x), x), "identity in eval mode"
+
+
+def test_config_overrides_are_type_checked():
+    assert get_config("default", lr=1).lr == 1.0
+    with pytest.raises(ValueError, match="dropout='high' should be a float"):
+        get_config("default", dropout="high")
+    with pytest.raises(ValueError, match="augment=1 should be a bool"):
+        get_config("default", augment=1)
