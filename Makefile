@@ -2,6 +2,9 @@
 # make test  set up, fetch the data, run the test suite
 # make lab   open Jupyter Lab on the project's venv
 # make bench the side-by-side training speed benchmark -> bench.json
+# make study the patch-size study notebook -> results/patch_study.json and .png
+# make seeds PRESET=best SEEDS="0 1 2" TAG=gpu   train.py runs kept in results/runs/
+# make seed-curve EPOCHS=3   the seed network, test accuracy after every epoch, kept in results/runs/
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,8 +13,12 @@ RAW := data/FashionMNIST/raw
 NAME ?= $(shell date +%Y%m%d-%H%M%S)
 RUN := runs/$(NAME)
 ARGS ?=
+PRESET ?= quick
+SEEDS ?= 0 1 2
+TAG ?= local
+EPOCHS ?= 3
 
-.PHONY: setup data run test lab bench clean
+.PHONY: setup data run test lab bench study seeds seed-curve clean
 
 # Re-installs only when requirements.txt is newer than the last install.
 $(STAMP): requirements.txt
@@ -28,7 +35,7 @@ data: $(STAMP)
 run: data
 	@mkdir -p $(RUN) && start=$$(date +%s) && \
 	$(PY) -m papermill --cwd notebooks notebooks/fashion_mnist_mlp.ipynb $(RUN)/fashion_mnist_mlp.ipynb \
-		-p out_dir $(CURDIR)/$(RUN) $(ARGS) && \
+		-p out_dir $(CURDIR)/$(RUN) -p command "make run" $(ARGS) && \
 	echo "{\"notebook_wall_seconds\": $$(( $$(date +%s) - start ))}" > $(RUN)/wall.json
 	@echo "run files in $(RUN)/: fashion_mnist_mlp.ipynb metrics.json curves.png model.pt wall.json"
 	@$(PY) -c "import json; m, w = (json.load(open(f'$(RUN)/{f}.json')) for f in ('metrics', 'wall')); \
@@ -41,6 +48,21 @@ test: data
 # The speed benchmark (about 15 minutes on a 2-core CPU; BENCH_ARGS=--quick for a smoke run).
 bench: data
 	$(PY) bench.py --out $(or $(BENCH_OUT),bench.json) $(BENCH_ARGS)
+
+# ARGS: papermill parameters, e.g. ARGS='-p epochs_seed 1 -y "seeds: [0]"'. Resumes from results/patch_study.json.
+study: data
+	@mkdir -p $(RUN)
+	$(PY) -m papermill --cwd notebooks notebooks/patch_size_study.ipynb $(RUN)/patch_size_study.ipynb $(ARGS)
+	$(PY) results/render.py
+
+seeds: data
+	for s in $(SEEDS); do \
+		$(PY) train.py --preset $(PRESET) --seed $$s --out runs/$(PRESET)-$(TAG)-seed$$s --quiet $(ARGS) || exit 1; done
+	$(PY) results/render.py --record-run $(foreach s,$(SEEDS),runs/$(PRESET)-$(TAG)-seed$(s))
+
+seed-curve: data
+	$(PY) train.py --preset seed --epochs $(EPOCHS) --test-curve --out runs/seed-curve-$(TAG) --quiet $(ARGS)
+	$(PY) results/render.py --record-run runs/seed-curve-$(TAG)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/fashion_mnist_mlp.ipynb

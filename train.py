@@ -264,7 +264,7 @@ def save_run(out_dir, net, cfg, history, test_acc, *, preset, seed, device, prec
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="default", help=f"one of {sorted(PRESETS)}")
+    p.add_argument("--preset", default="quick", help=f"one of {sorted(PRESETS)}")
     p.add_argument("--epochs", type=int, help="default: the preset's")
     p.add_argument("--batch-size", type=int, help="default: the preset's")
     p.add_argument("--lr", type=float, help="default: the preset's")

@@ -4,6 +4,7 @@ numbers).
     python results/render.py           # rewrite the marked blocks
     python results/render.py --check   # exit 1 if a page is out of date
     python results/render.py --record runs/NAME   # keep a `make run` as results/make_run_cpu.json (+ curves)
+    python results/render.py --record-run runs/A runs/B   # keep train.py runs as results/runs/A.json ...
 
 A block is the text between `<!-- results:NAME -->` and `<!-- /results:NAME -->`; NAME picks the renderer.
 """
@@ -88,11 +89,70 @@ def render_profile(folder: Path) -> str:
     return table(rows)
 
 
+RUN_KEYS = ("preset", "seed", "test_acc", "val_acc", "best_epoch", "epochs", "train_seconds", "hardware",
+            "precision", "git_commit", "command", "history")
+
+
+def load_runs(folder: Path) -> list[dict]:
+    return [dict(load(f, RUN_KEYS), file=f.name) for f in sorted((folder / "runs").glob("*.json"))]
+
+
+def mean_std(xs):
+    m = sum(xs) / len(xs)
+    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+
+
+def render_presets(folder: Path) -> str:
+    """One row per (preset, recipe, hardware) in results/runs/: test and validation mean ± std over seeds."""
+    groups = {}
+    for r in load_runs(folder):
+        if r.get("train_limit") or any("test_acc" in h for h in r["history"]):
+            continue  # subset runs and learning-curve runs are reported elsewhere
+        groups.setdefault((r["preset"], r["epochs"], r["hardware"], r["precision"]), []).append(r)
+    lines = ["| preset | epochs | seeds | test accuracy | validation accuracy | training time | hardware | command |",
+             "| --- | ---: | --- | --- | --- | ---: | --- | --- |"]
+    for (preset, epochs, hw, prec), rs in sorted(groups.items()):
+        (te, te_sd), (va, va_sd), (sec, _) = (mean_std([r[k] for r in rs]) for k in ("test_acc", "val_acc", "train_seconds"))
+        lines.append(f"| `{preset}` | {epochs} | {', '.join(str(r['seed']) for r in rs)} | "
+                     f"**{100 * te:.2f}** ± {100 * te_sd:.2f} % | {100 * va:.2f} ± {100 * va_sd:.2f} % | "
+                     f"{sec:.0f} s | {hw}, {prec} | `{rs[0]['command']}` |")
+    return "\n".join(lines)
+
+
+def render_seed_curve(folder: Path) -> str:
+    """Per-epoch test (and validation) accuracy of the runs recorded with --test-curve."""
+    runs = [r for r in load_runs(folder) if all("test_acc" in h for h in r["history"])]
+    if not runs:
+        raise ResultsError(f"no run in {folder / 'runs'} has a per-epoch test curve; record one made with "
+                           f"train.py --test-curve")
+    r = runs[0]
+    lines = [f"`{r['command']}` (seed {r['seed']}, {r['hardware']}, {r['precision']}, commit {r['git_commit'][:7]}):",
+             "", "| epoch | train loss | validation | test | seconds |", "| ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {h['epoch']} | {h['train_loss']:.4f} | {100 * h['val_acc']:.2f} % | {100 * h['test_acc']:.2f} % | "
+              f"{h['seconds']:.0f} |" for h in r["history"]]
+    return "\n".join(lines)
+
+
+def render_patch_study(folder: Path) -> str:
+    st = load(folder / "patch_study.json", ("summary", "verdict", "hardware", "precision", "command", "git_commit"))
+    lines = ["| preset | K (patches) | params | MFLOP per training image | s/epoch | epochs | seeds | validation | test |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in st["summary"]:
+        lines.append(f"| `{r['preset']}` | {r['patch']} ({r['patches']}) | {r['params']:,} | {1e3 * r['gflops']:.1f} | "
+                     f"{r['sec_per_epoch']:.1f} | {r['epochs']} | {r['runs']} | "
+                     f"{100 * r['val_acc']:.2f} ± {100 * r['val_std']:.2f} % | {100 * r['test_acc']:.2f} ± "
+                     f"{100 * r['test_std']:.2f} % |")
+    lines += ["", f"`{st['command']}` on {st['hardware']}, {st['precision']}, commit {st['git_commit'][:7]}. "
+              + " ".join(st["verdict"])]
+    return "\n".join(lines)
+
+
 def table(rows) -> str:
     return "\n".join(["| what | value |", "| --- | --- |", *[f"| {a} | {b} |" for a, b in rows]])
 
 
-RENDERERS = {"make_run": render_make_run, "bench": render_bench, "profile": render_profile}
+RENDERERS = {"make_run": render_make_run, "bench": render_bench, "profile": render_profile,
+             "presets": render_presets, "seed_curve": render_seed_curve, "patch_study": render_patch_study}
 
 
 def render(text: str, folder: Path = HERE) -> str:
@@ -104,10 +164,18 @@ def render(text: str, folder: Path = HERE) -> str:
     return re.sub(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", block, text, flags=re.S)
 
 
+def record_run(run: Path, folder: Path = HERE):
+    """Keep a train.py run's metrics.json as results/runs/<run name>.json (no checkpoints)."""
+    metrics = load(run / "metrics.json", RUN_KEYS)
+    (folder / "runs").mkdir(exist_ok=True)
+    (folder / "runs" / f"{run.name}.json").write_text(json.dumps(metrics, indent=2))
+
+
 def record(run: Path, folder: Path = HERE):
     metrics = load(run / "metrics.json", ("test_acc", "val_acc", "history"))
     metrics.update(load(run / "wall.json", ("notebook_wall_seconds",)), command=f"make run NAME={run.name}")
     (folder / "make_run_cpu.json").write_text(json.dumps(metrics, indent=2))
+    record_run(run, folder)  # also one of its preset's runs
     (folder / "curves_make_run_cpu.png").write_bytes((run / "curves.png").read_bytes())
 
 
@@ -116,12 +184,16 @@ def main(argv=None):
     p.add_argument("--readme", nargs="+", default=[str(HERE.parent / n) for n in ("README.md", "BENCHMARKS.md")],
                    help="the Markdown files whose marked blocks to render (default: README.md BENCHMARKS.md)")
     p.add_argument("--check", action="store_true")
+    p.add_argument("--record-run", metavar="RUN_DIR", nargs="+", default=[],
+                   help="keep train.py runs' metrics.json as results/runs/<name>.json, then render")
     p.add_argument("--record", metavar="RUN_DIR", help="copy a make-run directory's metrics.json + wall.json "
                    "into results/make_run_cpu.json and its curves.png beside it, then render")
     args = p.parse_args(argv)
     try:
         if args.record:
             record(Path(args.record))
+        for run in args.record_run:
+            record_run(Path(run))
         pages = {Path(f): Path(f).read_text() for f in args.readme}
         rendered = {f: render(text) for f, text in pages.items()}  # all or nothing: no file half-updated
     except ResultsError as e:

@@ -48,3 +48,34 @@ def test_cli_reports_malformed_file_and_leaves_readme_alone(tmp_path):
 def test_committed_readme_is_rendered_from_committed_results():
     r = subprocess.run([sys.executable, "results/render.py", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def run_json(preset, seed, test_acc, curve=False, **kw):
+    history = [dict(epoch=e, train_loss=1.0 / e, train_acc=0.8, val_acc=0.85 + e / 100, seconds=60.0,
+                    **({"test_acc": 0.84 + e / 100} if curve else {})) for e in (1, 2)]
+    return dict(preset=preset, seed=seed, test_acc=test_acc, val_acc=0.9, best_epoch=2, epochs=2, train_seconds=120.0,
+                hardware="AMD EPYC (2 cores, 2 threads)", precision="fp32", git_commit="abc1234def",
+                command=f"python train.py --preset {preset} --seed {seed}", history=history, **kw)
+
+
+def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_runs(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i, acc in enumerate((0.91, 0.92, 0.93)):
+        (runs / f"quick-{i}.json").write_text(json.dumps(run_json("quick", i, acc)))
+    (runs / "smoke.json").write_text(json.dumps(run_json("quick", 9, 0.5, train_limit=1000)))
+    (runs / "curve.json").write_text(json.dumps(run_json("seed", 0, 0.86, curve=True)))
+    table = render.render_presets(tmp_path)
+    assert table.count("| `quick` |") == 1 and "`seed`" not in table
+    assert "| 0, 1, 2 | **92.00** ± 1.00 % |" in table
+    curve = render.render_seed_curve(tmp_path)
+    assert "| 1 | 1.0000 | 86.00 % | 85.00 % | 60 |" in curve and "| 2 |" in curve
+
+
+def test_a_run_file_missing_fields_is_named(tmp_path):
+    (tmp_path / "runs").mkdir()
+    bad = run_json("quick", 0, 0.9)
+    del bad["command"]
+    (tmp_path / "runs" / "old.json").write_text(json.dumps(bad))
+    with pytest.raises(render.ResultsError, match=r"old.json lacks \['command'\]"):
+        render.render_presets(tmp_path)

@@ -124,12 +124,28 @@ def test_train_py_writes_metrics_model_and_curves(tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
 
 
+def test_train_py_set_overrides_and_test_curve(tmp_path):
+    out = tmp_path / "run"
+    r = run_train("--preset", "quick", "--epochs", "2", "--train-limit", "1000", "--set", "patch=7",
+                  "--set", "erase=0.25", "--test-curve", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["patch"] == 7 and m["config"]["erase"] == 0.25
+    assert m["config"]["blocks"][0]["tokens"] == [16, 64, 16], "the patch axis follows K"
+    assert m["command"].startswith("python train.py --preset quick") and "--test-curve" in m["command"]
+    assert all(0.1 < h["test_acc"] <= 1 for h in m["history"]), "a test accuracy after every epoch"
+    assert m["test_acc"] == next(h["test_acc"] for h in m["history"] if h["epoch"] == m["best_epoch"])
+
+
 @pytest.mark.parametrize("args,message", [
     (["--epochs", "0"], "epochs=0 must be positive"),
     (["--lr", "-1"], "lr=-1.0 must be positive"),
     (["--train-limit", "0"], "--train-limit=0 must be positive"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--set", "dropout=lots"], "dropout='lots' should be a float"),
+    (["--set", "patch"], "write FIELD=VALUE"),
+    (["--set", "widht=3"], "unknown config fields ['widht']"),
     pytest.param(["--device", "cuda"], "'cuda' was requested but is not available",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
