@@ -119,13 +119,14 @@ class StopOnInterrupt:
 
 
 def fit(net, train_iter, val_iter, cfg, device="auto", precision="auto", animator=None, log=print,
-        progress=True, run_dir=None, resume=None, meta=None, compile=False, test_iter=None):
+        progress=True, run_dir=None, resume=None, meta=None, compile=False, test_iter=None, until=None):
     """The training loop used by the notebook, train.py, the benchmark and the tests.
 
     Per epoch: train loss/acc (accumulated on the device, read once an epoch) and validation accuracy; with
     `run_dir`, a checkpoint (last.pt, and best.pt when validation improves). `resume`: a checkpoint dict to
     continue from. `compile`: run the model through torch.compile. `test_iter`: also record each epoch's
-    test accuracy, for learning curves only (nothing is chosen on it). Ctrl-C stops after the current batch and
+    test accuracy, for learning curves only (nothing is chosen on it). `until(record)`: stop after the first
+    epoch for which it returns True (bench.py's time to 90 %). Ctrl-C stops after the current batch and
     keeps the last complete epoch's checkpoint. At the end the weights of the best validation epoch are
     restored (model selection on validation).
     Returns the history: a list of {epoch, train_loss, train_acc, val_acc, seconds, eval_seconds, lr}."""
@@ -219,6 +220,8 @@ def fit(net, train_iter, val_iter, cfg, device="auto", precision="auto", animato
                 dist.barrier()  # nobody races ahead of rank 0's checkpoint
             if animator is not None:
                 animator.add(epoch, (r["train_loss"], r["train_acc"], val_acc))
+            if until is not None and until(r):
+                break
     if best_state is not None:
         net.load_state_dict(best_state)
         best = max(history, key=lambda r: r["val_acc"])
