@@ -175,6 +175,7 @@ def main(argv=None):
     p.add_argument("--profile-only", action="store_true",
                    help="only profile one training step of each preset (writes the profile to --out)")
     args = p.parse_args(argv)
+    mu.git_commit()  # read now: the code this run starts with
     device = mu.resolve_device(args.device)
     precision = mu.resolve_precision(device, args.precision)
     if args.profile_only:

@@ -8,6 +8,7 @@ Run `python my_utils.py` to fetch and verify the data.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -476,7 +477,10 @@ def atomic_write(path, payload: bytes | str):
 
 # ----------------------------------------------------------------------------- run records
 
+@functools.cache
 def git_commit() -> str | None:
+    """HEAD (with "-dirty" if tracked files differ), read once per process: call it when a run starts, so a
+    commit made while it trains is not credited with its results."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,

@@ -341,6 +341,7 @@ def setup_distributed(device):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    mu.git_commit()  # read now: the code this run starts with
     resume = None
     try:
         if args.resume:

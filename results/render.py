@@ -67,12 +67,12 @@ def render_bench(folder: Path) -> str:
                      f"({100 * (s['ours_test_acc'] - s['reference_test_acc']):+.2f} points)"))
     if "default" in p and p["default"].get("reference_img_s"):
         d = p["default"]
-        rows.append(("`default` network: reference → ours",
+        rows.append(("`default` (= `quick`) network: reference → ours",
                      f"{d['reference_img_s']:.0f} → {d['ours_img_s']:.0f} img/s ({d['speedup']:.2f}×)"))
     rows += [("`default` MFU (achieved ÷ measured matmul peak)",
               f"{100 * b['mfu']:.1f} % of {b['peak_gflops']:.0f} GFLOP/s ({b['precision']}), "
               f"{1000 * b['model_gflops']:.1f} MFLOP per training image"),
-             ("time to 90 % validation accuracy, `default` recipe",
+             ("time to 90 % validation accuracy, `default` (= `quick`) recipe",
               "not reached in its epochs" if b["time_to_90_s"] is None
               else f"{b['time_to_90_s']:.0f} s (epoch {b['epoch_90']})"),
              ("peak RSS of a `default` training run", f"{b['peak_rss_mb']:.0f} MB"),
@@ -147,12 +147,37 @@ def render_patch_study(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def render_trials(folder: Path) -> str:
+    """Single-seed trials kept in results/trials/ (train.py runs that were not adopted)."""
+    lines = ["| command | validation | test | training time | commit |", "| --- | --- | --- | ---: | --- |"]
+    for f in sorted((folder / "trials").glob("*.json")):
+        r = load(f, RUN_KEYS)
+        lines.append(f"| `{r['command']}` | {pct(r['val_acc'])} | {pct(r['test_acc'])} | {r['train_seconds']:.0f} s | "
+                     f"{r['git_commit'][:7]} |")
+    return "\n".join(lines)
+
+
+def render_best_probe(folder: Path) -> str:
+    """What the `best` recipe would cost on the CPU: one timed epoch on a subset, extrapolated."""
+    path = folder / "runs" / "best-cpu-probe.json"
+    r = load(path, RUN_KEYS + ("train_limit", "config"))
+    if not r["train_limit"]:
+        raise ResultsError(f"{path} should be a subset run (train.py --train-limit N)")
+    per_epoch = r["train_seconds"] / r["epochs"] / r["train_limit"] * 55000
+    total = per_epoch * r["config"]["epochs"]
+    return (f"`{r['command']}` took {r['train_seconds']:.0f} s for {r['epochs']} epoch(s) of {r['train_limit']:,} "
+            f"images on {r['hardware']} ({r['precision']}): about {per_epoch / 60:.0f} min per epoch of 55,000 images, "
+            f"so its {r['config']['epochs']} epochs would take about {total / 3600:.0f} hours per seed here "
+            f"(extrapolated from that measurement, not run).")
+
+
 def table(rows) -> str:
     return "\n".join(["| what | value |", "| --- | --- |", *[f"| {a} | {b} |" for a, b in rows]])
 
 
 RENDERERS = {"make_run": render_make_run, "bench": render_bench, "profile": render_profile,
-             "presets": render_presets, "seed_curve": render_seed_curve, "patch_study": render_patch_study}
+             "presets": render_presets, "seed_curve": render_seed_curve, "patch_study": render_patch_study,
+             "best_probe": render_best_probe, "trials": render_trials}
 
 
 def render(text: str, folder: Path = HERE) -> str:
@@ -164,11 +189,11 @@ def render(text: str, folder: Path = HERE) -> str:
     return re.sub(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", block, text, flags=re.S)
 
 
-def record_run(run: Path, folder: Path = HERE):
-    """Keep a train.py run's metrics.json as results/runs/<run name>.json (no checkpoints)."""
+def record_run(run: Path, folder: Path = HERE, kind: str = "runs"):
+    """Keep a train.py run's metrics.json as results/<kind>/<run name>.json (no checkpoints)."""
     metrics = load(run / "metrics.json", RUN_KEYS)
-    (folder / "runs").mkdir(exist_ok=True)
-    (folder / "runs" / f"{run.name}.json").write_text(json.dumps(metrics, indent=2))
+    (folder / kind).mkdir(exist_ok=True)
+    (folder / kind / f"{run.name}.json").write_text(json.dumps(metrics, indent=2))
 
 
 def record(run: Path, folder: Path = HERE):
@@ -186,6 +211,8 @@ def main(argv=None):
     p.add_argument("--check", action="store_true")
     p.add_argument("--record-run", metavar="RUN_DIR", nargs="+", default=[],
                    help="keep train.py runs' metrics.json as results/runs/<name>.json, then render")
+    p.add_argument("--record-trial", metavar="RUN_DIR", nargs="+", default=[],
+                   help="keep train.py runs that were tried and not adopted as results/trials/<name>.json")
     p.add_argument("--record", metavar="RUN_DIR", help="copy a make-run directory's metrics.json + wall.json "
                    "into results/make_run_cpu.json and its curves.png beside it, then render")
     args = p.parse_args(argv)
@@ -194,6 +221,8 @@ def main(argv=None):
             record(Path(args.record))
         for run in args.record_run:
             record_run(Path(run))
+        for run in args.record_trial:
+            record_run(Path(run), kind="trials")
         pages = {Path(f): Path(f).read_text() for f in args.readme}
         rendered = {f: render(text) for f, text in pages.items()}  # all or nothing: no file half-updated
     except ResultsError as e:
