@@ -149,10 +149,12 @@ def render_patch_study(folder: Path) -> str:
 
 def render_trials(folder: Path) -> str:
     """Single-seed trials kept in results/trials/ (train.py runs that were not adopted)."""
-    lines = ["| command | validation | test | training time | commit |", "| --- | --- | --- | ---: | --- |"]
+    lines = ["| command | preset | epochs | validation | test | training time | commit |",
+             "| --- | --- | ---: | --- | --- | ---: | --- |"]
     for f in sorted((folder / "trials").glob("*.json")):
         r = load(f, RUN_KEYS)
-        lines.append(f"| `{r['command']}` | {pct(r['val_acc'])} | {pct(r['test_acc'])} | {r['train_seconds']:.0f} s | "
+        lines.append(f"| `{r['command']}` | `{r['preset']}` | {r['epochs']} | {pct(r['val_acc'])} | {pct(r['test_acc'])} | "
+                     f"{r['train_seconds']:.0f} s | "
                      f"{r['git_commit'][:7]} |")
     return "\n".join(lines)
 
