@@ -109,13 +109,14 @@ def render_presets(folder: Path) -> str:
         if r.get("train_limit") or any("test_acc" in h for h in r["history"]):
             continue  # subset runs and learning-curve runs are reported elsewhere
         groups.setdefault((r["preset"], r["epochs"], r["hardware"], r["precision"]), []).append(r)
-    lines = ["| preset | epochs | seeds | test accuracy | validation accuracy | training time | hardware | command |",
+    lines = ["| preset | epochs | seeds | test accuracy | validation accuracy | training time | hardware | runs (results/runs/) |",
              "| --- | ---: | --- | --- | --- | ---: | --- | --- |"]
     for (preset, epochs, hw, prec), rs in sorted(groups.items()):
+        rs.sort(key=lambda r: r["seed"])
         (te, te_sd), (va, va_sd), (sec, _) = (mean_std([r[k] for r in rs]) for k in ("test_acc", "val_acc", "train_seconds"))
         lines.append(f"| `{preset}` | {epochs} | {', '.join(str(r['seed']) for r in rs)} | "
                      f"**{100 * te:.2f}** ± {100 * te_sd:.2f} % | {100 * va:.2f} ± {100 * va_sd:.2f} % | "
-                     f"{sec:.0f} s | {hw}, {prec} | `{rs[0]['command']}` |")
+                     f"{sec:.0f} s | {hw}, {prec} | {', '.join(r['file'].removesuffix('.json') for r in rs)} |")
     return "\n".join(lines)
 
 
