@@ -24,8 +24,17 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import my_utils as mu
-from model import MLPNet, get_config
+from model import Dropout, MLPNet, get_config
 from train import fit
+
+
+def with_torch_dropout(net: nn.Module) -> nn.Module:
+    """The network as the d2l chapter builds it: torch's nn.Dropout in place of model.Dropout's cheaper mask."""
+    for module in list(net.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, Dropout):
+                setattr(module, name, nn.Dropout(child.p))
+    return net
 
 
 def reference_run(cfg, batches=None, epochs=1, warmup=5, train_limit=None, root=None) -> dict:
@@ -40,7 +49,7 @@ def reference_run(cfg, batches=None, epochs=1, warmup=5, train_limit=None, root=
         sets = [torch.utils.data.Subset(d, range(min(train_limit, len(d)))) for d in sets]
     loader = torch.utils.data.DataLoader(sets[0], cfg.batch_size, shuffle=True, num_workers=4)
     torch.manual_seed(0)
-    net, loss_f = MLPNet(cfg), nn.CrossEntropyLoss()
+    net, loss_f = with_torch_dropout(MLPNet(cfg)), nn.CrossEntropyLoss()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     seen, step, t0 = 0, 0, time.perf_counter()
     for _ in range(epochs if batches is None else 10 ** 6):

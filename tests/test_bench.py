@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -27,3 +28,11 @@ def test_bench_quick_writes_valid_json(tmp_path):
     # MFU is the default preset's achieved FLOP/s over the measured matmul peak
     assert b["mfu"] == pytest.approx(b["presets"]["default"]["ours_img_s"] * b["model_gflops"] / b["peak_gflops"])
     assert b["device"] == "cpu" and b["quick"] is True and b["time_to_90_s"] is None
+
+
+def test_reference_network_uses_torch_dropout():
+    from bench import with_torch_dropout
+    from model import Dropout, MLPNet, get_config
+    net = with_torch_dropout(MLPNet(get_config("seed")))
+    drops = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(drops) == 4 and not any(isinstance(m, Dropout) for m in drops) and all(m.p == 0.1 for m in drops)
