@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -43,8 +44,8 @@ def pct(x):
 def render_make_run(folder: Path) -> str:
     m = load(folder / "make_run_cpu.json", ("test_acc", "val_acc", "best_epoch", "epochs", "train_seconds",
                                              "notebook_wall_seconds", "hardware", "precision", "params",
-                                             "torch", "git_commit"))
-    rows = [("test accuracy (10,000 test images, evaluated once)", pct(m["test_acc"])),
+                                             "torch", "git_commit", "preset"))
+    rows = [("preset", f"`{m['preset']}`"), ("test accuracy (10,000 test images, evaluated once)", pct(m["test_acc"])),
             (f"validation accuracy (model selection; best of {m['epochs']} epochs: epoch {m['best_epoch']})",
              pct(m["val_acc"])),
             ("training time (sum of epochs)", f"{m['train_seconds']:.0f} s"),
@@ -98,8 +99,7 @@ def load_runs(folder: Path) -> list[dict]:
 
 
 def mean_std(xs):
-    m = sum(xs) / len(xs)
-    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
 def render_presets(folder: Path) -> str:

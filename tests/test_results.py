@@ -12,7 +12,7 @@ import render  # noqa: E402
 
 MAKE_RUN = dict(test_acc=0.8912, val_acc=0.8976, best_epoch=6, epochs=6, train_seconds=351.2,
                 notebook_wall_seconds=380, hardware="AMD EPYC (2 cores, 2 threads)", precision="fp32",
-                params=160910, torch="2.14.1", git_commit="abc123")
+                params=160910, torch="2.14.1", git_commit="abc123", preset="quick")
 README = "intro\n<!-- results:make_run -->\nold table\n<!-- /results:make_run -->\noutro\n"
 
 
@@ -21,7 +21,7 @@ def test_renders_the_table_from_json(tmp_path):
     out = render.render(README, tmp_path)
     assert "old table" not in out and out.startswith("intro\n") and out.endswith("outro\n")
     assert "| test accuracy (10,000 test images, evaluated once) | 89.12 % |" in out
-    assert "epoch 6" in out and "351 s" in out and "380 s" in out and "160,910" in out
+    assert "| preset | `quick` |" in out and "epoch 6" in out and "351 s" in out and "380 s" in out and "160,910" in out
     assert render.render(out, tmp_path) == out, "rendering is idempotent"
 
 
