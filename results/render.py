@@ -166,12 +166,14 @@ def render_best_probe(folder: Path) -> str:
     r = load(path, RUN_KEYS + ("train_limit", "config"))
     if not r["train_limit"]:
         raise ResultsError(f"{path} should be a subset run (train.py --train-limit N)")
+    sys.path.insert(0, str(HERE.parent))
+    from model import PRESETS  # the recipe's own number of epochs (the probe ran fewer)
+    epochs = PRESETS[r["preset"]].epochs
     per_epoch = r["train_seconds"] / r["epochs"] / r["train_limit"] * 55000
-    total = per_epoch * r["config"]["epochs"]
     return (f"`{r['command']}` took {r['train_seconds']:.0f} s for {r['epochs']} epoch(s) of {r['train_limit']:,} "
             f"images on {r['hardware']} ({r['precision']}): about {per_epoch / 60:.0f} min per epoch of 55,000 images, "
-            f"so its {r['config']['epochs']} epochs would take about {total / 3600:.0f} hours per seed here "
-            f"(extrapolated from that measurement, not run).")
+            f"so the `{r['preset']}` recipe's {epochs} epochs would take about {per_epoch * epochs / 3600:.0f} hours "
+            f"per seed here (extrapolated from that measurement, not run).")
 
 
 def table(rows) -> str:

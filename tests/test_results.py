@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from model import PRESETS
 
 sys.path.insert(0, str(ROOT / "results"))
 import render  # noqa: E402
@@ -83,8 +84,9 @@ def test_a_run_file_missing_fields_is_named(tmp_path):
 
 def test_best_probe_extrapolates_a_subset_epoch(tmp_path):
     (tmp_path / "runs").mkdir()
-    probe = run_json("best", 0, 0.5, train_limit=5500, config={"epochs": 150})
+    probe = run_json("best", 0, 0.5, train_limit=5500, config={"epochs": 1})
     probe.update(epochs=1, train_seconds=110.0)
     (tmp_path / "runs" / "best-cpu-probe.json").write_text(json.dumps(probe))
     text = render.render_best_probe(tmp_path)
-    assert "about 18 min per epoch" in text and "about 46 hours per seed" in text  # 1100 s x 150
+    assert PRESETS["best"].epochs == 150
+    assert "about 18 min per epoch" in text and "150 epochs would take about 46 hours" in text  # 1100 s x 150
