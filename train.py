@@ -350,8 +350,9 @@ def main(argv=None) -> dict:
             args.train_limit, args.out = resume["train_limit"], args.out or args.resume
             cfg = Config(**resume["config"])
         else:
-            cfg = get_config(args.preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             **parse_overrides(args.set))
+            flags = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+            cfg = get_config(args.preset, **{**parse_overrides(args.set),  # an explicit flag wins over --set
+                                             **{k: v for k, v in flags.items() if v is not None}})
         if args.train_limit is not None and args.train_limit <= 0:
             raise ValueError(f"--train-limit={args.train_limit} must be positive")
         device = mu.resolve_device(args.device)

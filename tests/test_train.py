@@ -126,11 +126,11 @@ def test_train_py_writes_metrics_model_and_curves(tmp_path):
 
 def test_train_py_set_overrides_and_test_curve(tmp_path):
     out = tmp_path / "run"
-    r = run_train("--preset", "quick", "--epochs", "2", "--train-limit", "1000", "--set", "patch=7",
+    r = run_train("--preset", "quick", "--epochs", "2", "--set", "epochs=9", "--train-limit", "1000", "--set", "patch=7",
                   "--set", "erase=0.25", "--test-curve", "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
-    assert m["config"]["patch"] == 7 and m["config"]["erase"] == 0.25
+    assert m["config"]["patch"] == 7 and m["config"]["erase"] == 0.25 and m["epochs"] == 2, "--epochs wins"
     assert m["config"]["blocks"][0]["tokens"] == [16, 64, 16], "the patch axis follows K"
     assert m["command"].startswith("python train.py --preset quick") and "--test-curve" in m["command"]
     assert all(0.1 < h["test_acc"] <= 1 for h in m["history"]), "a test accuracy after every epoch"
