@@ -5,6 +5,8 @@
 # make study the patch-size study notebook -> results/patch_study.json and .png
 # make seeds PRESET=best SEEDS="0 1 2" TAG=gpu   train.py runs kept in results/runs/
 # make seed-curve EPOCHS=3   the seed network, test accuracy after every epoch, kept in results/runs/
+# make gpu-results           every GPU result in one command (no venv: the machine's own python3 + torch)
+# make trial NAME=x ARGS='--preset quick --set patch=7' BUDGET=600   a budgeted train.py run kept in results/trials/
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -18,7 +20,10 @@ SEEDS ?= 0 1 2
 TAG ?= local
 EPOCHS ?= 3
 
-.PHONY: setup data run test lab bench study seeds seed-curve clean
+GPU_OUT ?= gpu-results
+BUDGET ?= 600
+
+.PHONY: setup data browser run test lab bench study seeds seed-curve gpu-results trial clean
 
 # Re-installs only when requirements.txt is newer than the last install.
 $(STAMP): requirements.txt
@@ -29,7 +34,7 @@ $(STAMP): requirements.txt
 setup: $(STAMP)
 
 data: $(STAMP)
-	$(PY) my_utils.py
+	$(PY) data.py
 
 # The whole run, kernel start to saved files, is timed into $(RUN)/wall.json.
 run: data
@@ -42,7 +47,14 @@ run: data
 	print(f\"test acc {m['test_acc']:.4f}, val acc {m['val_acc']:.4f}, {m['train_seconds']:.0f}s training, \"\
 	f\"{w['notebook_wall_seconds']:.0f}s notebook, on {m['hardware']}\")"
 
-test: data
+# The browser test needs Debian's chromium: installed here when we are root on Debian/Ubuntu (else it skips,
+# and says how to enable it; with CI=true it fails instead).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+		echo "chromium not installed: the browser test will skip (CI fails it)"
+
+test: data browser
 	$(PY) -m pytest
 
 # The speed benchmark (about 15 minutes on a 2-core CPU; BENCH_ARGS=--quick for a smoke run).
@@ -64,8 +76,19 @@ seed-curve: data
 	$(PY) train.py --preset seed --epochs $(EPOCHS) --test-curve --out runs/seed-curve-$(TAG) --quiet $(ARGS)
 	$(PY) results/render.py --record-run runs/seed-curve-$(TAG)
 
+# On a CUDA machine, with or without a venv; FASHION_MNIST_DIR=... where the data was carried along.
+gpu-results:
+	$(PYTHON) gpu_results.py --out $(GPU_OUT) $(ARGS)
+	@echo "then: cp -r $(GPU_OUT)/runs $(GPU_OUT)/*.json $(GPU_OUT)/*.png results/ && python3 results/render.py"
+
+# One frontier trial: train.py with a training-time budget, fp32, kept in results/trials/$(NAME).json.
+trial: data
+	$(PY) train.py --precision fp32 --max-seconds $(BUDGET) --out runs/$(NAME) --quiet $(ARGS)
+	$(PY) results/render.py --record-trial runs/$(NAME)
+
+# LAB_ARGS: more jupyter lab options (the browser test passes a port, a token and --no-browser).
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/fashion_mnist_mlp.ipynb
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) notebooks/fashion_mnist_mlp.ipynb $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

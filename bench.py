@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,11 +21,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+import data
+import hardware
 import my_utils as mu
-from model import Dropout, MLPNet, get_config
-from train import fit
+from loop import Trainer, fit
+from model import Dropout, MLPNet, train_flops_per_image
+from recipe import get_preset
+from results import records
+from train import run
 
 
 def with_torch_dropout(net: nn.Module) -> nn.Module:
@@ -37,20 +41,21 @@ def with_torch_dropout(net: nn.Module) -> nn.Module:
     return net
 
 
-def reference_run(cfg, batches=None, epochs=1, warmup=5, train_limit=None, root=None) -> dict:
-    """The d2l chapter's way: ToTensor dataset, 4 workers, float(loss) and a host-side accuracy every batch.
+def reference_run(model, recipe, device, batches=None, epochs=1, warmup=5, train_limit=None, root=None) -> dict:
+    """The d2l chapter's way (train_ch6): ToTensor dataset, 4 workers, each batch moved to `device`, float(loss)
+    and a host-side accuracy every batch.
 
     `batches`: time that many batches after `warmup` ones. Otherwise train `epochs` whole epochs, timed from
     the first batch, and report the test accuracy (d2l's evaluation: ToTensor, DataLoader)."""
     from torchvision import datasets, transforms
-    raw = mu.fetch_fashion_mnist(root)
+    raw = data.fetch_fashion_mnist(root)
     sets = [datasets.FashionMNIST(str(raw.parent.parent), train=t, transform=transforms.ToTensor()) for t in (1, 0)]
     if train_limit:
         sets = [torch.utils.data.Subset(d, range(min(train_limit, len(d)))) for d in sets]
-    loader = torch.utils.data.DataLoader(sets[0], cfg.batch_size, shuffle=True, num_workers=4)
+    loader = torch.utils.data.DataLoader(sets[0], recipe.batch_size, shuffle=True, num_workers=4)
     torch.manual_seed(0)
-    net, loss_f = with_torch_dropout(MLPNet(cfg)), nn.CrossEntropyLoss()
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net, loss_f = with_torch_dropout(MLPNet(model)).to(device), nn.CrossEntropyLoss()
+    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     seen, step, t0 = 0, 0, time.perf_counter()
     for _ in range(epochs if batches is None else 10 ** 6):
         net.train()
@@ -59,6 +64,7 @@ def reference_run(cfg, batches=None, epochs=1, warmup=5, train_limit=None, root=
                 t0, seen = time.perf_counter(), 0
             if batches is not None and step == warmup + batches:
                 break
+            X, y = X.to(device), y.to(device)
             y_hat = net(X)
             loss = loss_f(y_hat, y)
             opt.zero_grad()
@@ -71,26 +77,25 @@ def reference_run(cfg, batches=None, epochs=1, warmup=5, train_limit=None, root=
             break
     out = dict(img_s=seen / (time.perf_counter() - t0), test_acc=None)
     if batches is None:
-        out["test_acc"] = mu.evaluate_accuracy(net, torch.utils.data.DataLoader(sets[1], 256, num_workers=4))
+        out["test_acc"] = mu.evaluate_accuracy(net, torch.utils.data.DataLoader(sets[1], 256, num_workers=4), device)
     return out
 
 
-def ours_run(cfg, device, precision, batches=None, epochs=1, warmup=5, train_limit=None) -> dict:
-    """Our `fit`, the same network and batch size. `batches`: img/s of a fit on that many batches, after a
-    warm-up fit; otherwise `epochs` whole epochs on all 60,000 training images (no validation split, like
-    the reference), img/s over all of them, and the test accuracy."""
+def ours_run(model, recipe, device, precision, batches=None, epochs=1, warmup=5, train_limit=None) -> dict:
+    """Our training loop, the same network and batch size. `batches`: img/s of a fit on that many batches,
+    after a warm-up fit; otherwise `epochs` whole epochs on all 60,000 training images (no validation split,
+    like the reference), img/s over all of them, and the test accuracy."""
     runs = [warmup, batches] if batches is not None else [None]
     for n in runs:
-        c = dataclasses.replace(cfg, epochs=epochs if batches is None else 1, val_size=0)
-        limit = n * c.batch_size if n is not None else train_limit
-        tr, _, te = mu.fashion_mnist_loaders(c.batch_size, 0, augment=c.augment, erase=c.erase,
-                                             device=device, train_limit=limit)
+        r = dataclasses.replace(recipe, epochs=epochs if batches is None else 1, val_size=0)
+        limit = n * r.batch_size if n is not None else train_limit
+        loaders = data.loaders(r, device=device, train_limit=limit)
         torch.manual_seed(0)
-        net = MLPNet(c)
-        h = fit(net, tr, None, c, device, precision, log=lambda s: None, progress=False)
-    out = dict(img_s=tr.num_examples * len(h) / sum(r["seconds"] for r in h), test_acc=None)
+        net = MLPNet(model)
+        h = fit(Trainer(net, r, loaders, device, precision), log=lambda s: None, progress=False)
+    out = dict(img_s=loaders[0].num_examples * len(h) / sum(r["seconds"] for r in h), test_acc=None)
     if batches is None:
-        out["test_acc"] = mu.evaluate_accuracy(net, te, device, precision)
+        out["test_acc"] = mu.evaluate_accuracy(net, loaders[2], device, precision)
     return out
 
 
@@ -108,23 +113,12 @@ def matmul_peak_gflops(device, dtype, n=2048, seconds=2.0) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def train_flops_per_image(cfg, batch=64) -> float:
-    """Forward + backward FLOPs of one training step, counted by torch's FlopCounterMode, per image."""
-    net, x, y = MLPNet(cfg), torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-    with FlopCounterMode(display=False) as counter:
-        nn.functional.cross_entropy(net(x), y).backward()
-    return counter.get_total_flops() / batch
-
-
-def time_to_90(device, precision):
-    """Train the default recipe; wall seconds (train + validation) until validation accuracy first >= 90 %
+def time_to_90(preset, device, precision):
+    """Train a preset's recipe; wall seconds (train + validation) until validation accuracy first >= 90 %
     (training stops there)."""
-    cfg = get_config("default")
-    tr, va, _ = mu.fashion_mnist_loaders(cfg.batch_size, cfg.val_size, augment=cfg.augment, erase=cfg.erase,
-                                         device=device)
-    torch.manual_seed(0)
-    history = fit(MLPNet(cfg), tr, va, cfg, device, precision, log=lambda s: None, progress=False,
-                  until=lambda r: r["val_acc"] >= 0.90)
+    model, recipe = get_preset(preset)
+    history = run(model, recipe, preset=preset, device=device, precision=precision, live=False,
+                  log=lambda s: None, progress=False, until=lambda r: r["val_acc"] >= 0.90).history
     elapsed = 0.0
     for r in history:
         elapsed += r["seconds"] + r["eval_seconds"]
@@ -136,14 +130,14 @@ def time_to_90(device, precision):
 def profile_step(preset, device, precision, steps=10, top=8) -> dict:
     """Where one training step of `preset` spends its time: torch.profiler's top ops by self time."""
     from torch.profiler import ProfilerActivity, profile
-    cfg = get_config(preset)
-    net = MLPNet(cfg).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    X = torch.rand(cfg.batch_size, 1, 28, 28, device=device)
-    y = torch.randint(0, 10, (cfg.batch_size,), device=device)
+    model, recipe = get_preset(preset)
+    net = MLPNet(model).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
+    X = torch.rand(recipe.batch_size, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (recipe.batch_size,), device=device)
 
     def step():
-        with mu.autocast(device, precision):
+        with hardware.autocast(device, precision):
             loss = nn.functional.cross_entropy(net(X), y)
         opt.zero_grad()
         loss.backward()
@@ -163,34 +157,39 @@ def profile_step(preset, device, precision, steps=10, top=8) -> dict:
 
 
 def peak_rss_mb_of_training(args) -> float:
-    """Peak resident memory of a separate `train.py` default run (this process holds the reference's data)."""
+    """Peak resident memory of one separate `train.py` default run, that child alone (os.wait4's rusage; the
+    reference's DataLoader workers are other children and do not count)."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "train.py", "--preset", "default", "--epochs", "1", "--quiet", "--out", out,
                "--device", args.device]
         if args.quick:
             cmd += ["--train-limit", "2048"]
-        subprocess.run(cmd, check=True, cwd=Path(__file__).parent, capture_output=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
+        p = subprocess.Popen(cmd, cwd=Path(__file__).parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss / 1024  # Linux reports KiB
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few batches each; skip the time-to-90 %% run")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=hardware.PRECISIONS)
     p.add_argument("--out", default="bench.json")
     p.add_argument("--acc-epochs", type=int, default=2,
                    help="whole epochs of the seed network in both loops, for speed and test accuracy")
     p.add_argument("--profile-only", action="store_true",
                    help="only profile one training step of each preset (writes the profile to --out)")
     args = p.parse_args(argv)
-    mu.git_commit()  # read now: the code this run starts with
-    device = mu.resolve_device(args.device)
-    precision = mu.resolve_precision(device, args.precision)
+    records.git_commit()  # read now: the code this run starts with
+    device = hardware.resolve_device(args.device)
+    precision = hardware.resolve_precision(device, args.precision)
     if args.profile_only:
-        prof = dict(device=str(device), hardware=mu.hardware(device), precision=precision, torch=torch.__version__,
-                    git_commit=mu.git_commit(), profiles=[profile_step(p, device, precision) for p in ("seed", "default")])
-        mu.atomic_write(args.out, json.dumps(prof, indent=2))
+        prof = dict(device=str(device), hardware=hardware.describe(device), precision=precision, torch=torch.__version__,
+                    git_commit=records.git_commit(), profiles=[profile_step(p, device, precision) for p in ("seed", "default")])
+        records.atomic_write(args.out, json.dumps(prof, indent=2))
         for pr in prof["profiles"]:
             print(f"{pr['preset']}: {pr['step_ms']:.0f} ms/step; " +
                   ", ".join(f"{o['op']} {o['share']:.0%}" for o in pr["top_ops"]))
@@ -201,34 +200,33 @@ def main(argv=None):
              "default": dict(batches=batches, warmup=warmup)}
     rows = {}
     for preset, plan in plans.items():
-        cfg = get_config(preset)
-        ref = reference_run(cfg, **plan) if device.type == "cpu" else dict(img_s=None, test_acc=None)
-        ours = ours_run(cfg, device, precision, **plan)
+        model, recipe = get_preset(preset)
+        ref = reference_run(model, recipe, device, **plan)
+        ours = ours_run(model, recipe, device, precision, **plan)
         rows[preset] = dict(reference_img_s=ref["img_s"], ours_img_s=ours["img_s"],
                             speedup=ours["img_s"] / ref["img_s"] if ref["img_s"] else None,
                             reference_test_acc=ref["test_acc"], ours_test_acc=ours["test_acc"],
-                            model_gflops=train_flops_per_image(cfg) / 1e9, **plan)
+                            model_gflops=train_flops_per_image(model) / 1e9, **plan)
         acc = (f"   test acc after {plan['epochs']} epoch(s): reference {ref['test_acc'] or float('nan'):.4f}, "
                f"ours {ours['test_acc']:.4f}" if "epochs" in plan else "")
         print(f"{preset:>8}: reference {ref['img_s'] or float('nan'):8.0f} img/s   ours {ours['img_s']:8.0f} img/s"
               f"   speedup {rows[preset]['speedup'] or float('nan'):.2f}x" + acc, flush=True)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    peak = matmul_peak_gflops(device, dtype, seconds=0.5 if args.quick else 2.0)
+    peak = matmul_peak_gflops(device, hardware.DTYPES[precision], seconds=0.5 if args.quick else 2.0)
     d = rows["default"]
     mfu = d["ours_img_s"] * d["model_gflops"] / peak
-    result = dict(device=str(device), hardware=mu.hardware(device), precision=precision,
+    result = dict(device=str(device), hardware=hardware.describe(device), precision=precision,
                   torch=torch.__version__, python=platform.python_version(), quick=args.quick,
-                  git_commit=mu.git_commit(), batches=batches,
+                  git_commit=records.git_commit(), batches=batches,
                   reference_img_s=rows["seed"]["reference_img_s"], ours_img_s=rows["seed"]["ours_img_s"],
                   speedup=rows["seed"]["speedup"], presets=rows, peak_gflops=peak,
                   model_gflops=d["model_gflops"], mfu=mfu)
     if args.quick:
         result.update(time_to_90_s=None, epoch_90=None)
     else:
-        hit, history = time_to_90(device, precision)
+        hit, history = time_to_90("default", device, precision)
         result.update(hit, time_to_90_history=history)
     result["peak_rss_mb"] = peak_rss_mb_of_training(args)
-    mu.atomic_write(args.out, json.dumps(result, indent=2))
+    records.atomic_write(args.out, json.dumps(result, indent=2))
     print(f"peak matmul {peak:.0f} GFLOP/s ({precision}); default preset {d['model_gflops'] * 1e3:.1f} MFLOP "
           f"per training image -> MFU {mfu:.1%}")
     print(f"time to 90 % val: {result['time_to_90_s']} s (epoch {result['epoch_90']}); "

@@ -1,10 +1,9 @@
-"""All-MLP Fashion-MNIST classifier: patch Stem -> Backbone of transposed-MLP Blocks -> mean-pool Classifier.
+"""All-MLP Fashion-MNIST classifier: patch Stem -> Backbone of transposed-MLP blocks -> mean-pool Classifier.
 
-`Config` holds the architecture and its training recipe; `PRESETS` names the ones we study:
-- `seed`: the original coursework network, layer for layer (88.63 % test after 200 epochs).
-- `quick`: the project's own Mixer-style network (pre-LayerNorm, residuals) for a 10-minute CPU run; it is
-  also `default`, what `make run` trains.
-- `best`: a wider, deeper Mixer with a long, regularised recipe, for a GPU.
+Architecture only. `ModelConfig` names the widths and choices; two block designs:
+- `SeedBlock`: the original coursework network's block (no residuals, BatchNorm over patches after it);
+- `MixerBlock`: the MLP-Mixer block (pre-LayerNorm, residual connections, optional stochastic depth).
+Training recipes and the named presets that pair a model with a recipe live in recipe.py.
 """
 from __future__ import annotations
 
@@ -28,29 +27,15 @@ class BlockSpec:
 
 
 @dataclass
-class Config:
-    # architecture
+class ModelConfig:
     patch: int = 4                      # K: K x K patches, K must divide 28
     dim: int = 128                      # stem output width (features per patch)
     blocks: list[BlockSpec] = field(default_factory=list)
-    norm: str = "layer"                 # "batch": the seed's post-block BatchNorm; "layer": pre-norm Mixer
-    residual: bool = True
+    block: str = "mixer"                # "mixer": MixerBlock | "seed": SeedBlock
     act: str = "gelu"                   # "relu" | "gelu"
-    dropout: float = 0.0
+    dropout: float = 0.0                # inside every MLP, after the activation
+    drop_path: float = 0.0              # stochastic depth (MixerBlock): chance a residual branch is skipped
     init: str = "default"               # "kaiming": Kaiming-normal Linear weights, as the seed did
-    # recipe
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    optimizer: str = "adamw"            # "adam" | "adamw"
-    schedule: str = "cosine"            # "none" | "cosine" (per-step, after linear warm-up)
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    augment: bool = False               # random +-2 px translation and horizontal flip, per image
-    erase: float = 0.0                  # random-erasing probability per image
-    drop_path: float = 0.0              # stochastic depth: chance a residual branch is skipped, per image
-    val_size: int = 5000
 
     def __post_init__(self):
         self.blocks = [b if isinstance(b, BlockSpec) else BlockSpec(tuple(b["tokens"]), tuple(b["features"]))
@@ -65,25 +50,16 @@ class Config:
         """Raise ValueError naming the bad field and what would fix it."""
         if self.patch <= 0 or IMAGE_SIZE % self.patch:
             raise ValueError(f"patch size K={self.patch} must divide {IMAGE_SIZE}: use one of 1, 2, 4, 7, 14, 28")
-        for name in ("dim", "epochs", "batch_size", "val_size"):
-            if getattr(self, name) <= 0 and not (name == "val_size" and self.val_size == 0):
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr} must be positive")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-        for name in ("erase", "drop_path"):
+        if self.dim <= 0:
+            raise ValueError(f"dim={self.dim} must be positive")
+        for name in ("dropout", "drop_path"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
-        if self.drop_path and not self.residual:
-            raise ValueError("drop_path needs residual=True: it skips residual branches")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
-        for name, allowed in (("norm", ("batch", "layer")), ("act", ("relu", "gelu")),
-                              ("optimizer", ("adam", "adamw")), ("schedule", ("none", "cosine")),
-                              ("init", ("default", "kaiming"))):
+        for name, allowed in (("block", ("mixer", "seed")), ("act", ("relu", "gelu")), ("init", ("default", "kaiming"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        if self.drop_path and self.block != "mixer":
+            raise ValueError("drop_path needs block='mixer': it skips residual branches")
         if not self.blocks:
             raise ValueError("blocks is empty: give at least one BlockSpec")
         tokens, feats = self.num_patches, self.dim
@@ -93,8 +69,8 @@ class Config:
             if b.tokens[0] != tokens or b.features[0] != feats:
                 raise ValueError(f"block {i} expects {b.tokens[0]} patches x {b.features[0]} features "
                                  f"but receives {tokens} x {feats}; fix its BlockSpec")
-            if self.residual and (b.tokens[2] != tokens or b.features[2] != feats):
-                raise ValueError(f"block {i}: residual=True needs output widths equal to input widths, got {b}")
+            if self.block == "mixer" and (b.tokens[2] != tokens or b.features[2] != feats):
+                raise ValueError(f"block {i}: a residual MixerBlock needs output widths equal to input widths, got {b}")
             tokens, feats = b.tokens[2], b.features[2]
 
     def to_dict(self) -> dict:
@@ -103,52 +79,6 @@ class Config:
 
 def mixer_blocks(patches: int, dim: int, depth: int, token_hidden: int, feature_hidden: int) -> list[BlockSpec]:
     return [BlockSpec((patches, token_hidden, patches), (dim, feature_hidden, dim)) for _ in range(depth)]
-
-
-PRESETS: dict[str, Config] = {
-    "seed": Config(
-        patch=4, dim=256, norm="batch", residual=False, act="relu", dropout=0.1, init="kaiming",
-        blocks=[BlockSpec((49, 256, 128), (256, 128, 64)), BlockSpec((128, 64, 128), (64, 32, 16))],
-        epochs=200, batch_size=256, lr=1e-3, weight_decay=5e-4, optimizer="adam", schedule="none"),
-    # Sized for a 10-minute run on a 2-core CPU (README has the measured runs).
-    "quick": Config(
-        patch=4, dim=64, blocks=mixer_blocks(49, 64, depth=4, token_hidden=64, feature_hidden=256),
-        norm="layer", residual=True, act="gelu", dropout=0.0,
-        epochs=7, batch_size=256, lr=3e-3, weight_decay=0.05, optimizer="adamw", schedule="cosine",
-        warmup_epochs=0.5, label_smoothing=0.1, augment=False),
-    # Sized for a GPU: a wider, deeper Mixer, long and regularised (flips, shifts, random erasing,
-    # stochastic depth, label smoothing). Aimed at issue #4's 93.5 %; README says what has been measured.
-    "best": Config(
-        patch=4, dim=128, blocks=mixer_blocks(49, 128, depth=8, token_hidden=128, feature_hidden=512),
-        norm="layer", residual=True, act="gelu", dropout=0.0, drop_path=0.1,
-        epochs=150, batch_size=128, lr=2e-3, weight_decay=0.05, optimizer="adamw", schedule="cosine",
-        warmup_epochs=5, label_smoothing=0.1, augment=True, erase=0.25),
-}
-PRESETS["default"] = PRESETS["quick"]  # what `make run` and train.py train unless told otherwise
-
-
-def get_config(preset: str, **overrides) -> Config:
-    """A fresh copy of a named preset with some fields replaced (None values are ignored)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    base = PRESETS[preset].to_dict()
-    unknown = set(overrides) - set(base)
-    if unknown:
-        raise ValueError(f"unknown config fields {sorted(unknown)}; known: {sorted(base)}")
-    k = overrides.get("patch")
-    if k and k > 0 and IMAGE_SIZE % k == 0 and "blocks" not in overrides:
-        # A new patch size changes the patch axis: widths equal to the old patch count follow it.
-        old_n, new_n = PRESETS[preset].num_patches, (IMAGE_SIZE // k) ** 2
-        swap = lambda widths: tuple(new_n if w == old_n else w for w in widths)  # noqa: E731
-        base["blocks"] = [dict(tokens=swap(b["tokens"]), features=b["features"]) for b in base["blocks"]]
-    for key, value in overrides.items():  # command-line values arrive untyped: check them here
-        want = type(base[key])
-        if want is float and type(value) is int:
-            overrides[key] = float(value)
-        elif key != "blocks" and type(value) is not want:
-            raise ValueError(f"{key}={value!r} should be a {want.__name__}, like the preset's {base[key]!r}")
-    return Config(**{**base, **overrides})
 
 
 def patchify(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -170,10 +100,6 @@ def unpatchify(p: torch.Tensor, k: int) -> torch.Tensor:
     b, n, _ = p.shape
     g = int(round(n ** 0.5))
     return p.reshape(b, g, g, k, k).transpose(2, 3).reshape(b, g * k, g * k)
-
-
-def activation(name: str) -> nn.Module:
-    return nn.GELU() if name == "gelu" else nn.ReLU()
 
 
 def drop_mask(shape, p: float, device) -> torch.Tensor:
@@ -215,65 +141,76 @@ class MLP(nn.Sequential):
 
     def __init__(self, widths: tuple[int, int, int], act: str, dropout: float):
         d_in, hidden, d_out = widths
-        super().__init__(nn.Linear(d_in, hidden), activation(act), Dropout(dropout), nn.Linear(hidden, d_out))
+        super().__init__(nn.Linear(d_in, hidden), nn.GELU() if act == "gelu" else nn.ReLU(), Dropout(dropout),
+                         nn.Linear(hidden, d_out))
+
+
+class FeatureBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the last (feature) axis of [B, N, C]; nn.BatchNorm1d normalises axis 1."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
 class Stem(nn.Module):
-    """Cut into K x K patches, embed each with one Linear (K^2 -> dim), then normalise."""
+    """Cut into K x K patches, embed each with one Linear (K^2 -> dim), then BatchNorm.
 
-    def __init__(self, cfg: Config):
+    The seed normalises each patch position (over axis 1, the patches); Mixer blocks bring their own
+    LayerNorm, so there a BatchNorm over the features only keeps the stem's output scale in check."""
+
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.k = cfg.patch
         self.embed = nn.Linear(cfg.patch ** 2, cfg.dim)
-        # The seed normalises each patch position (BatchNorm over the patch axis); Mixer-style blocks
-        # bring their own LayerNorm, so a BatchNorm over features keeps the stem's output scale in check.
-        self.norm = nn.BatchNorm1d(cfg.num_patches if cfg.norm == "batch" else cfg.dim)
-        self.over_patches = cfg.norm == "batch"
+        self.norm = nn.BatchNorm1d(cfg.num_patches) if cfg.block == "seed" else FeatureBatchNorm(cfg.dim)
 
     def forward(self, x):                                   # [B,1,28,28] -> [B, N, dim]
-        x = self.embed(patchify(x, self.k))
-        if self.over_patches:
-            return self.norm(x)
-        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return self.norm(self.embed(patchify(x, self.k)))
 
 
-class Block(nn.Module):
-    """Transpose, MLP 1 mixes across patches; transpose back, MLP 2 mixes across features.
+class SeedBlock(nn.Module):
+    """The original: transpose, MLP 1 across patches; transpose back, MLP 2 across features; BatchNorm."""
 
-    norm="layer": pre-LayerNorm before each MLP (MLP-Mixer); norm="batch": BatchNorm over the patch axis after
-    the block (the seed). residual adds each MLP's input to its output."""
-
-    def __init__(self, spec: BlockSpec, cfg: Config):
+    def __init__(self, spec: BlockSpec, cfg: ModelConfig):
         super().__init__()
-        layer = cfg.norm == "layer"
-        self.norm1 = nn.LayerNorm(spec.features[0]) if layer else nn.Identity()
         self.token_mlp = MLP(spec.tokens, cfg.act, cfg.dropout)
-        self.norm2 = nn.LayerNorm(spec.features[0]) if layer else nn.Identity()
         self.feature_mlp = MLP(spec.features, cfg.act, cfg.dropout)
-        self.post_norm = nn.Identity() if layer else nn.BatchNorm1d(spec.tokens[2])
-        self.residual = cfg.residual
+        self.norm = nn.BatchNorm1d(spec.tokens[2])
+
+    def forward(self, x):                                   # x: [B, patches, features]
+        x = self.token_mlp(x.transpose(1, 2)).transpose(1, 2)
+        return self.norm(self.feature_mlp(x))
+
+
+class MixerBlock(nn.Module):
+    """MLP-Mixer: x + TokenMLP(LN(x)^T)^T, then x + FeatureMLP(LN(x)); branches dropped by stochastic depth."""
+
+    def __init__(self, spec: BlockSpec, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(spec.features[0])
+        self.token_mlp = MLP(spec.tokens, cfg.act, cfg.dropout)
+        self.norm2 = nn.LayerNorm(spec.features[0])
+        self.feature_mlp = MLP(spec.features, cfg.act, cfg.dropout)
         self.drop_path = StochasticDepth(cfg.drop_path, "row")  # identity when drop_path == 0 or in eval
 
     def forward(self, x):                                   # x: [B, patches, features]
-        y = self.token_mlp(self.norm1(x).transpose(1, 2)).transpose(1, 2)
-        x = x + self.drop_path(y) if self.residual else y
-        y = self.feature_mlp(self.norm2(x))
-        x = x + self.drop_path(y) if self.residual else y
-        return self.post_norm(x)
+        x = x + self.drop_path(self.token_mlp(self.norm1(x).transpose(1, 2)).transpose(1, 2))
+        return x + self.drop_path(self.feature_mlp(self.norm2(x)))
 
 
 class Backbone(nn.Sequential):
-    def __init__(self, cfg: Config):
-        super().__init__(*[Block(spec, cfg) for spec in cfg.blocks])
+    def __init__(self, cfg: ModelConfig):
+        block = MixerBlock if cfg.block == "mixer" else SeedBlock
+        super().__init__(*[block(spec, cfg) for spec in cfg.blocks])
 
 
 class Classifier(nn.Module):
-    """Mean over patches, then Linear to the 10 class logits."""
+    """Mean over patches, then Linear to the 10 class logits (Mixer: after a final LayerNorm)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         width = cfg.blocks[-1].features[2]
-        self.norm = nn.LayerNorm(width) if cfg.norm == "layer" else nn.Identity()
+        self.norm = nn.LayerNorm(width) if cfg.block == "mixer" else nn.Identity()
         self.head = nn.Linear(width, NUM_CLASSES)
 
     def forward(self, x):
@@ -281,7 +218,7 @@ class Classifier(nn.Module):
 
 
 class MLPNet(nn.Module):
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
@@ -302,3 +239,11 @@ class MLPNet(nn.Module):
 def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
+
+def train_flops_per_image(cfg: ModelConfig, batch: int = 64) -> float:
+    """Forward + backward FLOPs of one training step, counted by torch's FlopCounterMode, per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+    net, x, y = MLPNet(cfg), torch.rand(batch, 1, 28, 28), torch.randint(0, NUM_CLASSES, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(net(x), y).backward()
+    return counter.get_total_flops() / batch

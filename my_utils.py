@@ -1,245 +1,37 @@
-"""d2l-style helpers for Fashion-MNIST, without the `d2l` package.
+"""d2l-style helpers for Fashion-MNIST, without the `d2l` package: `import my_utils as mu`.
 
 The d2l API (`load_data_fashion_mnist`, `Animator`, `Accumulator`, `Timer`, `accuracy`, `evaluate_accuracy`,
-`show_images`, `get_fashion_mnist_labels`, `try_gpu`) plus what the project's training needs: verified data
-acquisition, fast on-device loaders with a validation split, devices and precision, run records.
-The one training loop, `fit`, lives in train.py.
-Run `python my_utils.py` to fetch and verify the data.
+`show_images`, `get_fashion_mnist_labels`, `try_gpu`), plus the project's loaders and devices re-exported
+from data.py and hardware.py, so a notebook needs this one import.
 """
 from __future__ import annotations
 
-import functools
-import gzip
-import hashlib
 import io
-import math
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils import data
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader
 
-ROOT = Path(__file__).resolve().parent
-LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-# SHA-256 of the decompressed IDX files (the .gz wrappers differ between mirrors; the content must not).
-SHA256 = {
-    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-}
-SPLIT_SEED = 0  # the validation split is fixed, whatever the training seed
+from data import (LABELS, DataError, FastLoader, augment_batch, erase_batch, fashion_mnist_loaders,  # noqa: F401
+                  fetch_fashion_mnist, load_arrays, loaders)
+from hardware import autocast, cpu_workers, describe as hardware, resolve_device, resolve_precision  # noqa: F401
+from results.records import atomic_write, git_commit  # noqa: F401
 
 
-# ----------------------------------------------------------------------------- data acquisition
-
-class DataError(RuntimeError):
-    """The data is missing, corrupt or cannot be fetched; the message says how to fix it."""
-
-
-def data_dir(root=None) -> Path:
-    """`root`, else $FASHION_MNIST_DIR, else the repo's ./data. Files live in <dir>/FashionMNIST/raw."""
-    return Path(root or os.environ.get("FASHION_MNIST_DIR") or ROOT / "data").expanduser().resolve()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _verify(raw: Path):
-    for name, digest in SHA256.items():
-        if _sha256(raw / name) != digest:
-            raise DataError(f"{raw / name} is corrupt or truncated (SHA-256 differs from the pinned digest). "
-                            f"Delete it and run `make data` (or `python my_utils.py`) to fetch it again.")
-
-
-def _from_torchvision(tmp: Path) -> Path:
-    from torchvision.datasets import FashionMNIST
-    FashionMNIST(str(tmp), train=True, download=True)  # downloads and unpacks all four files
-    return tmp / "FashionMNIST" / "raw"
-
-
-def _from_debian(tmp: Path) -> Path:
-    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
-        raise DataError("apt-get/dpkg-deb not found (not a Debian/Ubuntu system)")
-    run = dict(cwd=tmp, check=True, capture_output=True, text=True, timeout=600)
-    subprocess.run(["apt-get", "download", "dataset-fashion-mnist"], **run)
-    deb = next(tmp.glob("dataset-fashion-mnist_*.deb"))
-    subprocess.run(["dpkg-deb", "-x", deb.name, "x"], **run)
-    out = tmp / "raw"
-    out.mkdir()
-    for name in SHA256:
-        with gzip.open(tmp / "x/usr/share/datasets/fashion-mnist" / f"{name}.gz") as src, open(out / name, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    return out
-
-
-def fetch_fashion_mnist(root=None, log=print) -> Path:
-    """Make sure the four verified IDX files are in `data_dir(root)/FashionMNIST/raw`; return that folder.
-
-    Order: files already there; torchvision's download; Debian's `dataset-fashion-mnist` package. Fetched
-    files are checked against SHA256 in a temp folder and only then renamed into place."""
-    raw = data_dir(root) / "FashionMNIST" / "raw"
-    if all((raw / n).exists() for n in SHA256):
-        _verify(raw)
-        return raw
-    try:
-        raw.mkdir(parents=True, exist_ok=True)
-        tmp_parent = Path(tempfile.mkdtemp(prefix=".fetch-", dir=raw.parent))
-    except OSError as e:
-        raise DataError(f"cannot write to the data directory {raw.parent} ({e.strerror}). Make it writable, or "
-                        f"point FASHION_MNIST_DIR (or root=) at a writable folder.") from e
-    errors = []
-    try:
-        for source, fetch in (("torchvision download", _from_torchvision), ("Debian package", _from_debian)):
-            tmp = tmp_parent / source.split()[0]
-            tmp.mkdir()
-            try:
-                got = fetch(tmp)
-                _verify(got)
-            except Exception as e:  # noqa: BLE001 -- every failure means: try the next source
-                detail = getattr(e, "stderr", None) or str(e)
-                errors.append(f"{source}: {type(e).__name__}: {str(detail).strip().splitlines()[-1:]}")
-                continue
-            for name in SHA256:
-                os.replace(got / name, raw / name)
-            log(f"Fashion-MNIST fetched via {source} into {raw}")
-            return raw
-    finally:
-        shutil.rmtree(tmp_parent, ignore_errors=True)
-    raise DataError(
-        "could not get Fashion-MNIST. Tried:\n  " + "\n  ".join(errors) + "\nFix one of: (1) put the four "
-        f"uncompressed IDX files ({', '.join(SHA256)}) in {raw}; (2) give this machine internet access for "
-        "torchvision's download; (3) on Debian/Ubuntu, make `apt-get download dataset-fashion-mnist` work.")
-
-
-def load_arrays(root=None) -> dict[str, torch.Tensor]:
-    """Verified uint8 images [N,28,28] and int64 labels for train and test, parsed by torchvision."""
-    from torchvision.datasets.mnist import read_image_file, read_label_file
-    raw = fetch_fashion_mnist(root)
-    out = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        try:
-            out[f"{split}_x"] = read_image_file(str(raw / f"{prefix}-images-idx3-ubyte"))
-            out[f"{split}_y"] = read_label_file(str(raw / f"{prefix}-labels-idx1-ubyte"))
-        except Exception as e:
-            raise DataError(f"cannot parse the IDX files in {raw}: {e}. Delete them and fetch again.") from e
-        if out[f"{split}_y"].min() < 0 or out[f"{split}_y"].max() > 9:
-            raise DataError(f"{split} labels in {raw} fall outside 0-9. Delete the files and fetch again.")
-    return out
-
-
-# ----------------------------------------------------------------------------- loaders
-
-def load_data_fashion_mnist(batch_size, resize=None, root=None, num_workers=4):
-    """The d2l loader: (train_iter, test_iter) over torchvision datasets, X in [0,1] as [B,1,28,28]."""
+def load_data_fashion_mnist(batch_size, resize=None, root=None, num_workers=None):
+    """The d2l loader: (train_iter, test_iter) over torchvision datasets, X in [0,1] as [B,1,28,28].
+    `num_workers` defaults to this machine's CPUs, at most 4 (more only make torch warn)."""
     from torchvision import datasets, transforms
     raw = fetch_fashion_mnist(root)
-    trans = [transforms.ToTensor()]
-    if resize:
-        trans.insert(0, transforms.Resize(resize))
-    trans = transforms.Compose(trans)
+    trans = transforms.Compose(([transforms.Resize(resize)] if resize else []) + [transforms.ToTensor()])
     root = str(raw.parent.parent)
+    workers = min(4, cpu_workers()) if num_workers is None else num_workers
     train = datasets.FashionMNIST(root=root, train=True, transform=trans, download=False)
     test = datasets.FashionMNIST(root=root, train=False, transform=trans, download=False)
-    return (data.DataLoader(train, batch_size, shuffle=True, num_workers=num_workers),
-            data.DataLoader(test, batch_size, shuffle=False, num_workers=num_workers))
+    return (DataLoader(train, batch_size, shuffle=True, num_workers=workers),
+            DataLoader(test, batch_size, shuffle=False, num_workers=workers))
 
-
-def augment_batch(X: torch.Tensor, generator: torch.Generator, shift: int = 2) -> torch.Tensor:
-    """Random translation by up to `shift` px (zero fill) and horizontal flip, per image, on X's device."""
-    b, _, h, w = X.shape
-    offs = torch.randint(0, 2 * shift + 1, (2, b), generator=generator).to(X.device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(X.device)
-    Xp = nn.functional.pad(X, (shift,) * 4)
-    rows = (offs[0, :, None] + torch.arange(h, device=X.device))[:, :, None]
-    cols = (offs[1, :, None] + torch.arange(w, device=X.device))[:, None, :]
-    cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
-    return Xp[torch.arange(b, device=X.device)[:, None, None], 0, rows, cols].unsqueeze(1)
-
-
-def erase_batch(X: torch.Tensor, generator: torch.Generator, p: float, area=(0.02, 0.25), ratio=(0.3, 3.3)):
-    """Random erasing (Zhong et al. 2017), per image: with probability p, zero one rectangle covering `area` of
-    the image with aspect ratio in `ratio`. Vectorised: torchvision's RandomErasing erases one rectangle per
-    call, i.e. the same one for a whole batch."""
-    b, _, h, w = X.shape
-    u = torch.rand(5, b, generator=generator)
-    s = (area[0] + u[0] * (area[1] - area[0])) * h * w
-    r = torch.exp(math.log(ratio[0]) + u[1] * (math.log(ratio[1]) - math.log(ratio[0])))
-    eh, ew = (s * r).sqrt().round().clamp(1, h), (s / r).sqrt().round().clamp(1, w)
-    top, left = (u[2] * (h - eh + 1)).floor(), (u[3] * (w - ew + 1)).floor()
-    rows, cols = torch.arange(h)[None, :], torch.arange(w)[None, :]
-    inside = (((rows >= top[:, None]) & (rows < (top + eh)[:, None]))[:, :, None]
-              & ((cols >= left[:, None]) & (cols < (left + ew)[:, None]))[:, None, :])
-    inside &= (u[4] < p)[:, None, None]
-    return X.masked_fill(inside[:, None].to(X.device), 0.0)
-
-
-class FastLoader:
-    """Batches by index from one uint8 tensor held on the training device; /255 and augmentation per batch.
-
-    Same contract as a DataLoader: iterate for (X float32 [B,1,28,28] in [0,1], y int64); len() = batches."""
-
-    def __init__(self, images, labels, batch_size, shuffle=False, augment=False, erase=0.0, seed=0, device="cpu",
-                 shard=(0, 1)):
-        self.images, self.labels = images.to(device), labels.to(device)
-        self.batch_size, self.shuffle, self.augment, self.erase = batch_size, shuffle, augment, erase
-        self.generator = torch.Generator().manual_seed(seed)  # same seed on every rank: one shared permutation
-        self.rank, self.world = shard  # distributed: rank r takes every world-th index of that permutation
-
-    @property
-    def num_examples(self):
-        return len(self.labels) // self.world  # equal shards, so every rank runs the same number of steps
-
-    def __len__(self):
-        return math.ceil(self.num_examples / self.batch_size)
-
-    def __iter__(self):
-        n, dev = self.num_examples, self.labels.device
-        order = None
-        if self.shuffle or self.world > 1:
-            order = torch.randperm(len(self.labels), generator=self.generator) if self.shuffle \
-                else torch.arange(len(self.labels))
-            order = order[:n * self.world][self.rank::self.world].to(dev)
-        for i in range(0, n, self.batch_size):
-            idx = order[i:i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
-            X = self.images[idx].unsqueeze(1).float().div_(255)
-            if self.augment:
-                X = augment_batch(X, self.generator)
-            if self.erase:
-                X = erase_batch(X, self.generator, self.erase)
-            yield X, self.labels[idx]
-
-
-def fashion_mnist_loaders(batch_size, val_size=5000, augment=False, seed=0, device="cpu", train_limit=None,
-                          root=None, shard=(0, 1), erase=0.0):
-    """(train, val, test) FastLoaders. The last `val_size` images of a fixed permutation of the 60k training
-    set are the validation split (model selection); the test set is for the final report only.
-    `shard=(rank, world)` gives this process its share of every training epoch (batch_size is per process)."""
-    a = load_arrays(root)
-    perm = torch.randperm(len(a["train_y"]), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    train_idx, val_idx = perm[:len(perm) - val_size], perm[len(perm) - val_size:]
-    if train_limit:
-        train_idx = train_idx[:train_limit]
-    mk = lambda x, y, **kw: FastLoader(x, y, batch_size, device=device, **kw)  # noqa: E731
-    return (mk(a["train_x"][train_idx], a["train_y"][train_idx], shuffle=True, augment=augment, erase=erase,
-               seed=seed, shard=shard),
-            mk(a["train_x"][val_idx], a["train_y"][val_idx]),
-            mk(a["test_x"], a["test_y"]))
-
-
-# ----------------------------------------------------------------------------- d2l helpers
 
 def get_fashion_mnist_labels(labels):
     return [LABELS[int(i)] for i in labels]
@@ -247,42 +39,6 @@ def get_fashion_mnist_labels(labels):
 
 def try_gpu(i=0):
     return torch.device(f"cuda:{i}") if torch.cuda.device_count() >= i + 1 else torch.device("cpu")
-
-
-def resolve_device(device="auto") -> torch.device:
-    """'auto' -> CUDA, then MPS, then CPU. An explicitly requested device that is missing is an error."""
-    device = str(device)
-    has = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    if device == "auto":
-        return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
-    kind = device.split(":")[0]
-    if kind not in has:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or mps")
-    if not has[kind]:
-        raise ValueError(f"device {device!r} was requested but is not available here; use --device auto or cpu")
-    return torch.device(device)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run natively. Elsewhere bf16 is emulated and slower than fp32."""
-    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere we cannot tell cheaply, so stay in fp32
-    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_precision(device: torch.device, precision="auto") -> str:
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"precision {precision!r} is not one of auto, fp32, bf16, fp16")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 class Accumulator:
@@ -399,10 +155,12 @@ def _in_jupyter() -> bool:
 
 
 class Animator:
-    """Plots data as it arrives, redrawing one figure in place in Jupyter (a display handle).
+    """Plots data as it arrives, redrawing one figure in place in Jupyter (a display handle), with the log
+    lines (`log`) in one text output under it.
 
     The d2l constructor, plus `axes_of`: for each series (legend entry), the subplot it is drawn on, and
-    `ylabel` may be one label per subplot. Outside Jupyter nothing is shown; `save(path)` writes a PNG."""
+    `ylabel` may be one label per subplot. Every point has a marker, so a series of one point is visible.
+    Outside Jupyter nothing is shown and `log` prints; `save(path)` writes a PNG."""
 
     def __init__(self, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None, xscale="linear",
                  yscale="linear", fmts=("-", "m--", "g-.", "r:"), nrows=1, ncols=1, figsize=(3.5, 2.5),
@@ -412,10 +170,12 @@ class Animator:
         axes = self.fig.subplots(nrows, ncols, squeeze=False).flatten()
         self.axes, self.legend, self.fmts = list(axes), list(legend or []), fmts
         self.axes_of = list(axes_of) if axes_of is not None else None
+        if xlim is not None and xlim[0] == xlim[1]:  # a 1-epoch run: a singular range would only warn
+            xlim = [xlim[0] - 0.5, xlim[1] + 0.5]
         ylabels = ylabel if isinstance(ylabel, (list, tuple)) else [ylabel] * len(axes)
         self.style = [dict(xlabel=xlabel, ylabel=yl, xlim=xlim, ylim=ylim, xscale=xscale, yscale=yscale)
                       for yl in ylabels]
-        self.X, self.Y, self.handle = None, None, None
+        self.X, self.Y, self.lines, self.handle, self.text = None, None, [], None, None
 
     def add(self, x, y):
         if not hasattr(y, "__len__"):
@@ -431,6 +191,15 @@ class Animator:
                 self.Y[i].append(b)
         self.draw()
 
+    def log(self, line: str):
+        """One line of the run's log: under the figure in Jupyter (one output, updated), printed elsewhere."""
+        self.lines.append(line)
+        if not _in_jupyter():
+            print(line, flush=True)
+            return
+        self._show()
+        self.text.update({"text/plain": "\n".join(self.lines)}, raw=True)
+
     def draw(self):
         for ax, style in zip(self.axes, self.style):
             ax.cla()
@@ -439,17 +208,21 @@ class Animator:
         for i, (xs, ys) in enumerate(zip(self.X or [], self.Y or [])):
             ax = self.axes[self.axes_of[i] if self.axes_of else 0]
             label = self.legend[i] if i < len(self.legend) else None
-            ax.plot(xs, ys, self.fmts[i % len(self.fmts)], label=label)
+            ax.plot(xs, ys, self.fmts[i % len(self.fmts)], marker="o", markersize=3, label=label)
         for ax in self.axes:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend()
         if _in_jupyter():
-            from IPython.display import Image, display
-            img = Image(data=self.png())
-            if self.handle is None:
-                self.handle = display(img, display_id=True)
-            else:
-                self.handle.update(img)
+            self._show()
+
+    def _show(self):
+        from IPython.display import Image, display
+        img = Image(data=self.png())
+        if self.handle is None:  # the figure first, the log under it: two outputs, each updated in place
+            self.handle = display(img, display_id=True)
+            self.text = display({"text/plain": ""}, raw=True, display_id=True)
+        else:
+            self.handle.update(img)
 
     def png(self) -> bytes:
         buf = io.BytesIO()
@@ -461,42 +234,21 @@ class Animator:
 
 
 def training_animator(epochs):
-    """Loss on the left, train/validation accuracy on the right, epochs on x."""
+    """Loss on the left, train/validation accuracy on the right; x in epochs, with fractional points for the
+    running training loss and accuracy within an epoch."""
     return Animator(xlabel="epoch", ylabel=["loss", "accuracy"], legend=["train loss", "train acc", "val acc"],
-                    xlim=[1, max(epochs, 2)], ncols=2, figsize=(8, 3), axes_of=[0, 1, 1])
+                    xlim=[0, epochs], ncols=2, figsize=(8, 3), axes_of=[0, 1, 1])
 
 
-def atomic_write(path, payload: bytes | str):
-    """Write to a temp file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload.encode() if isinstance(payload, str) else payload)
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------- run records
-
-@functools.cache
-def git_commit() -> str | None:
-    """HEAD (with "-dirty" if tracked files differ), read once per process: call it when a run starts, so a
-    commit made while it trains is not credited with its results."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
-    return f"{name or sys.platform} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-if __name__ == "__main__":
-    print(fetch_fashion_mnist())
+def draw_history(animator: Animator, history):
+    """Redraw a run's history (resume, save_run): the within-epoch points and every epoch's validation."""
+    if animator.X is None:
+        animator.X, animator.Y = [[], [], []], [[], [], []]
+    for r in history:
+        for x, loss, acc in r.get("points") or [(r["epoch"], r["train_loss"], r["train_acc"])]:
+            for i, v in ((0, loss), (1, acc)):
+                animator.X[i].append(x)
+                animator.Y[i].append(v)
+        animator.X[2].append(r["epoch"])
+        animator.Y[2].append(r["val_acc"])
+    animator.draw()

@@ -3,43 +3,67 @@
     python predict.py --checkpoint runs/X/model.pt photo1.png photo2.jpg
     python predict.py --checkpoint runs/X/model.pt --json *.png
 
-Any size, colour or grayscale, PNG or JPEG. Each image is made to look like Fashion-MNIST: grayscale, a light
-object on a dark background (a light background is detected from the border and inverted), scaled to fit
-28x28 keeping its aspect ratio, padded with background. A file that cannot be read gets an error line; the
-others still get answers (the exit code is then 1).
+Any size up to 40 megapixels, colour or grayscale, 8- or 16-bit, PNG, JPEG, GIF (first frame) or any other
+format Pillow reads. Each image is made to look like Fashion-MNIST: grayscale, a light object on a dark
+background (a light background is detected from the border and inverted), scaled to fit 28x28 keeping its
+aspect ratio, padded with background. A file that cannot be read gets one error line; the others still get
+answers (the exit code is then 1).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-import my_utils as mu
-from model import IMAGE_SIZE, Config, MLPNet
-from train import load_checkpoint
+from checkpoint import CheckpointError, load_model
+from data import LABELS
+from model import IMAGE_SIZE, NUM_CLASSES
+
+# Decoding is bounded by the pixel count a file declares, checked before any pixel is decoded: 40 MP is at
+# most 160 MB as RGBA. A PNG that declares 30,000 x 30,000 pixels is refused from its header.
+MAX_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own check, at our bound: warns above it, refuses above twice it
 
 
-def load_model(path) -> MLPNet:
-    """A `model.pt` written by train.py / the notebook (config + weights), loaded with weights_only=True."""
-    ckpt = load_checkpoint(path)  # clear errors for a missing or truncated file
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path} is not a model.pt written by this repo (it has no config and state_dict)")
-    net = MLPNet(Config(**ckpt["config"]))
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval()
+def to_gray8(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit grayscale; 16/32-bit images are scaled to their own range, not clipped."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        x = torch.from_numpy(np.array(im.convert("F"), dtype=np.float32))
+        lo, hi = float(x.min()), float(x.max())
+        x = ((x - lo) / (hi - lo) * 255 if hi > lo else torch.zeros_like(x)).round().to(torch.uint8)
+        return Image.frombytes("L", (im.width, im.height), x.numpy().tobytes())
+    return im.convert("L")
 
 
 def load_image(path) -> tuple[torch.Tensor, bool]:
-    """-> (float32 [1,28,28] in [0,1], whether it was inverted). Raises ValueError for unreadable files."""
+    """-> (float32 [1,28,28] in [0,1], whether it was inverted). Raises ValueError with one line of reason."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError("is a directory, not an image file")
+    if not path.exists():
+        raise ValueError("no such file")
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("L")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"not a readable PNG/JPEG image ({type(e).__name__}: {e})") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ValueError(f"declares {im.width:,} x {im.height:,} pixels, more than the "
+                                     f"{MAX_PIXELS // 1_000_000} megapixels predict.py decodes (a decompression bomb?)")
+                im.seek(0)  # animated images: the first frame
+                im = to_gray8(ImageOps.exif_transpose(im))
+    except ValueError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"more than the {MAX_PIXELS // 1_000_000} megapixels predict.py decodes, a decompression "
+                         f"bomb? (Pillow: {e})") from None
+    except (OSError, SyntaxError, EOFError) as e:
+        raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from None
     x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).reshape(im.height, im.width)
     border = torch.cat([x[0], x[-1], x[:, 0], x[:, -1]]).float()
     inverted = bool(border.mean() > 127)  # Fashion-MNIST is a light object on black
@@ -55,16 +79,17 @@ def load_image(path) -> tuple[torch.Tensor, bool]:
 def predict_files(net, paths, top=3) -> list[dict]:
     """One dict per file: {file, top: [{label, prob}], inverted} or {file, error}."""
     results = []
+    device = next(net.parameters()).device
     for p in paths:
         try:
             x, inverted = load_image(p)
         except ValueError as e:
             results.append(dict(file=str(p), error=str(e)))
             continue
-        probs = torch.softmax(net.eval()(x.unsqueeze(0).to(mu.model_device(net))), dim=1)[0].cpu()
+        probs = torch.softmax(net.eval()(x.unsqueeze(0).to(device)), dim=1)[0].cpu()
         values, idx = probs.topk(top)
         results.append(dict(file=str(p), inverted=inverted,
-                            top=[dict(label=mu.LABELS[int(i)], prob=float(v)) for v, i in zip(values, idx)]))
+                            top=[dict(label=LABELS[int(i)], prob=float(v)) for v, i in zip(values, idx)]))
     return results
 
 
@@ -72,12 +97,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a model.pt from a run directory")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of text")
-    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--top", type=int, default=3, help=f"how many classes to list, 1-{NUM_CLASSES}")
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
+    if not 1 <= args.top <= NUM_CLASSES:
+        p.error(f"--top {args.top}: there are {NUM_CLASSES} classes; give 1 to {NUM_CLASSES}")
     try:
         net = load_model(args.checkpoint)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, CheckpointError, RuntimeError) as e:
         print(f"error: cannot load {args.checkpoint}: {e}", file=sys.stderr)
         return 1
     results = predict_files(net, args.images, args.top)

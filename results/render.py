@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
+
+import records  # the sibling results/records.py: torch-free
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,21 +56,27 @@ def render_make_run(folder: Path) -> str:
     return table(rows)
 
 
-def render_bench(folder: Path) -> str:
-    b = load(folder / "bench_cpu.json", ("reference_img_s", "ours_img_s", "speedup", "mfu", "peak_gflops",
-                                         "model_gflops", "time_to_90_s", "peak_rss_mb", "hardware", "precision"))
+def speed(ref, ours, speedup, bold=False) -> str:
+    if ref is None:  # a bench that did not run the reference loop
+        return f"not measured → {ours:.0f} img/s"
+    ratio = f"**{speedup:.2f}×**" if bold else f"{speedup:.2f}×"
+    return f"{ref:.0f} → {ours:.0f} img/s ({ratio})"
+
+
+def render_bench(folder: Path, name="bench_cpu.json") -> str:
+    b = load(folder / name, ("reference_img_s", "ours_img_s", "speedup", "mfu", "peak_gflops",
+                             "model_gflops", "time_to_90_s", "peak_rss_mb", "hardware", "precision"))
     p = b.get("presets", {})
-    rows = [("`seed` network: reference (d2l-style) → ours",
-             f"{b['reference_img_s']:.0f} → {b['ours_img_s']:.0f} img/s (**{b['speedup']:.2f}×**)")]
+    rows = [("`seed` network: reference (d2l-style) → ours", speed(b["reference_img_s"], b["ours_img_s"], b["speedup"], bold=True))]
     s = p.get("seed", {})
     if s.get("reference_test_acc") is not None and s.get("ours_test_acc") is not None:
         rows.append((f"`seed` test accuracy after {s['epochs']} epochs: reference → ours",
                      f"{100 * s['reference_test_acc']:.2f} % → {100 * s['ours_test_acc']:.2f} % "
                      f"({100 * (s['ours_test_acc'] - s['reference_test_acc']):+.2f} points)"))
-    if "default" in p and p["default"].get("reference_img_s"):
+    if "default" in p:
         d = p["default"]
         rows.append(("`default` (= `quick`) network: reference → ours",
-                     f"{d['reference_img_s']:.0f} → {d['ours_img_s']:.0f} img/s ({d['speedup']:.2f}×)"))
+                     speed(d["reference_img_s"], d["ours_img_s"], d["speedup"])))
     rows += [("`default` MFU (achieved ÷ measured matmul peak)",
               f"{100 * b['mfu']:.1f} % of {b['peak_gflops']:.0f} GFLOP/s ({b['precision']}), "
               f"{1000 * b['model_gflops']:.1f} MFLOP per training image"),
@@ -79,6 +86,14 @@ def render_bench(folder: Path) -> str:
              ("peak RSS of a `default` training run", f"{b['peak_rss_mb']:.0f} MB"),
              ("hardware", b["hardware"])]
     return table(rows)
+
+
+def render_bench_gpu(folder: Path) -> str:
+    """bench_gpu.json, written by `make gpu-results` on a CUDA machine; until then, how to make it."""
+    if not (folder / "bench_gpu.json").exists():
+        return ("Not measured yet: no GPU has run `make gpu-results` for this repo (it writes "
+                "`results/bench_gpu.json`, which this table renders).")
+    return render_bench(folder, "bench_gpu.json")
 
 
 def render_profile(folder: Path) -> str:
@@ -98,10 +113,6 @@ def load_runs(folder: Path) -> list[dict]:
     return [dict(load(f, RUN_KEYS), file=f.name) for f in sorted((folder / "runs").glob("*.json"))]
 
 
-def mean_std(xs):
-    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
 def render_presets(folder: Path) -> str:
     """One row per (preset, recipe, hardware) in results/runs/: test and validation mean ± std over seeds."""
     groups = {}
@@ -113,7 +124,7 @@ def render_presets(folder: Path) -> str:
              "| --- | ---: | --- | --- | --- | ---: | --- | --- |"]
     for (preset, epochs, hw, prec), rs in sorted(groups.items()):
         rs.sort(key=lambda r: r["seed"])
-        (te, te_sd), (va, va_sd), (sec, _) = (mean_std([r[k] for r in rs]) for k in ("test_acc", "val_acc", "train_seconds"))
+        (te, te_sd), (va, va_sd), (sec, _) = (records.mean_std([r[k] for r in rs]) for k in ("test_acc", "val_acc", "train_seconds"))
         lines.append(f"| `{preset}` | {epochs} | {', '.join(str(r['seed']) for r in rs)} | "
                      f"**{100 * te:.2f}** ± {100 * te_sd:.2f} % | {100 * va:.2f} ± {100 * va_sd:.2f} % | "
                      f"{sec:.0f} s | {hw}, {prec} | {', '.join(r['file'].removesuffix('.json') for r in rs)} |")
@@ -136,13 +147,7 @@ def render_seed_curve(folder: Path) -> str:
 
 def render_patch_study(folder: Path) -> str:
     st = load(folder / "patch_study.json", ("summary", "verdict", "hardware", "precision", "command", "git_commit"))
-    lines = ["| preset | K (patches) | params | MFLOP per training image | s/epoch | epochs | seeds | validation | test |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
-    for r in st["summary"]:
-        lines.append(f"| `{r['preset']}` | {r['patch']} ({r['patches']}) | {r['params']:,} | {1e3 * r['gflops']:.1f} | "
-                     f"{r['sec_per_epoch']:.1f} | {r['epochs']} | {r['runs']} | "
-                     f"{100 * r['val_acc']:.2f} ± {100 * r['val_std']:.2f} % | {100 * r['test_acc']:.2f} ± "
-                     f"{100 * r['test_std']:.2f} % |")
+    lines = [records.study_table(st["summary"])]
     lines += ["", f"`{st['command']}` on {st['hardware']}, {st['precision']}, commit {st['git_commit'][:7]}. "
               + " ".join(st["verdict"])]
     return "\n".join(lines)
@@ -163,12 +168,10 @@ def render_trials(folder: Path) -> str:
 def render_best_probe(folder: Path) -> str:
     """What the `best` recipe would cost on the CPU: one timed epoch on a subset, extrapolated."""
     path = folder / "runs" / "best-cpu-probe.json"
-    r = load(path, RUN_KEYS + ("train_limit", "config"))
+    r = load(path, RUN_KEYS + ("train_limit", "preset_epochs"))
     if not r["train_limit"]:
         raise ResultsError(f"{path} should be a subset run (train.py --train-limit N)")
-    sys.path.insert(0, str(HERE.parent))
-    from model import PRESETS  # the recipe's own number of epochs (the probe ran fewer)
-    epochs = PRESETS[r["preset"]].epochs
+    epochs = r["preset_epochs"]  # the recipe's own number of epochs (the probe ran fewer)
     per_epoch = r["train_seconds"] / r["epochs"] / r["train_limit"] * 55000
     return (f"`{r['command']}` took {r['train_seconds']:.0f} s for {r['epochs']} epoch(s) of {r['train_limit']:,} "
             f"images on {r['hardware']} ({r['precision']}): about {per_epoch / 60:.0f} min per epoch of 55,000 images, "
@@ -180,7 +183,7 @@ def table(rows) -> str:
     return "\n".join(["| what | value |", "| --- | --- |", *[f"| {a} | {b} |" for a, b in rows]])
 
 
-RENDERERS = {"make_run": render_make_run, "bench": render_bench, "profile": render_profile,
+RENDERERS = {"make_run": render_make_run, "bench": render_bench, "bench_gpu": render_bench_gpu, "profile": render_profile,
              "presets": render_presets, "seed_curve": render_seed_curve, "patch_study": render_patch_study,
              "best_probe": render_best_probe, "trials": render_trials}
 
@@ -198,15 +201,15 @@ def record_run(run: Path, folder: Path = HERE, kind: str = "runs"):
     """Keep a train.py run's metrics.json as results/<kind>/<run name>.json (no checkpoints)."""
     metrics = load(run / "metrics.json", RUN_KEYS)
     (folder / kind).mkdir(exist_ok=True)
-    (folder / kind / f"{run.name}.json").write_text(json.dumps(metrics, indent=2))
+    records.atomic_write(folder / kind / f"{run.name}.json", json.dumps(metrics, indent=2))
 
 
 def record(run: Path, folder: Path = HERE):
     metrics = load(run / "metrics.json", ("test_acc", "val_acc", "history"))
     metrics.update(load(run / "wall.json", ("notebook_wall_seconds",)), command=f"make run NAME={run.name}")
-    (folder / "make_run_cpu.json").write_text(json.dumps(metrics, indent=2))
+    records.atomic_write(folder / "make_run_cpu.json", json.dumps(metrics, indent=2))
     record_run(run, folder)  # also one of its preset's runs
-    (folder / "curves_make_run_cpu.png").write_bytes((run / "curves.png").read_bytes())
+    records.atomic_write(folder / "curves_make_run_cpu.png", (run / "curves.png").read_bytes())
 
 
 def main(argv=None):
@@ -236,9 +239,7 @@ def main(argv=None):
     if args.check:
         sys.exit(f"out of date: {', '.join(map(str, stale))}; run python results/render.py" if stale else 0)
     for f in stale:
-        tmp = f.with_name(f".{f.name}.tmp")
-        tmp.write_text(rendered[f])
-        tmp.replace(f)
+        records.atomic_write(f, rendered[f])
         print(f"updated {f}")
 
 

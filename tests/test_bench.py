@@ -32,7 +32,8 @@ def test_bench_quick_writes_valid_json(tmp_path):
 
 def test_reference_network_uses_torch_dropout():
     from bench import with_torch_dropout
-    from model import Dropout, MLPNet, get_config
-    net = with_torch_dropout(MLPNet(get_config("seed")))
+    from model import Dropout, MLPNet
+    from recipe import get_preset
+    net = with_torch_dropout(MLPNet(get_preset("seed")[0]))
     drops = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
     assert len(drops) == 4 and not any(isinstance(m, Dropout) for m in drops) and all(m.p == 0.1 for m in drops)

@@ -1,11 +1,17 @@
 """Real Fashion-MNIST: counts, dtypes, the split, the loaders, and rejection of bad files."""
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
+import data
 import my_utils as mu
+from conftest import ROOT
 
 
 def test_counts_dtypes_and_classes(arrays):
@@ -123,7 +129,7 @@ def test_corrupt_file_is_rejected_with_the_fix(raw_dir, tmp_path, name, damage):
 def test_debian_fetch_writes_only_verified_files(tmp_path):
     """The path CI uses: torchvision's download fails offline, Debian's package succeeds, no temp left."""
     raw = mu.fetch_fashion_mnist(tmp_path, log=lambda s: None)
-    assert sorted(p.name for p in raw.iterdir()) == sorted(mu.SHA256)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(data.SHA256)
     assert not any(p.name.startswith(".fetch-") for p in raw.parent.iterdir())
 
 
@@ -146,6 +152,55 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path):
 
 def test_data_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
-    assert mu.data_dir() == tmp_path.resolve()
+    assert data.data_dir() == tmp_path.resolve()
     monkeypatch.delenv("FASHION_MNIST_DIR")
-    assert mu.data_dir() == mu.ROOT / "data" and os.path.isabs(mu.data_dir())
+    assert data.data_dir() == data.ROOT / "data" and os.path.isabs(data.data_dir())
+
+
+@pytest.mark.parametrize("name,damage,message", [
+    ("t10k-images-idx3-ubyte", "magic", "cannot parse the IDX files"),
+    ("train-images-idx3-ubyte", "truncate", "cannot parse the IDX files"),
+    ("train-labels-idx1-ubyte", "label-out-of-range", "train labels .* fall outside 0-9"),
+    ("t10k-labels-idx1-ubyte", "count", "test images .* for 9999 labels")])
+def test_checks_behind_the_checksum_reject_damaged_files(raw_dir, tmp_path, name, damage, message):
+    """The SHA-256 stops any change first; these are the checks that still stand if it were bypassed
+    (parse_raw is load_arrays without the digest)."""
+    dst = _copy_raw(raw_dir, tmp_path)
+    f = dst / name
+    blob = bytearray(f.read_bytes())
+    if damage == "magic":
+        blob[2] = 0x0D                      # IDX type byte: 0x08 (ubyte) -> 0x0D (float)
+    elif damage == "truncate":
+        blob = blob[: len(blob) // 2]
+    elif damage == "label-out-of-range":
+        blob[8 + 123] = 42
+    else:                                   # one label fewer, with a consistent header
+        blob = blob[:-1]
+        blob[4:8] = (9999).to_bytes(4, "big")
+    f.write_bytes(bytes(blob))
+    with pytest.raises(mu.DataError, match=message):
+        data.parse_raw(dst)
+    assert data.parse_raw(raw_dir)["train_x"].shape == (60000, 28, 28), "the intact files parse"
+
+
+def test_fetch_killed_midway_leaves_nothing_used_and_the_next_fetch_is_clean(tmp_path):
+    """SIGKILL while the Debian package is fetched or unpacked: no IDX file appears where it is read, and the
+    next run removes the dead fetch's temp folder and fetches again, verified."""
+    env = dict(os.environ, FASHION_MNIST_DIR=str(tmp_path))
+    folder = tmp_path / "FashionMNIST"
+    for delay in (0.3, 1.5):  # during apt-get download, then later (download or unpacking)
+        p = subprocess.Popen([sys.executable, "data.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while not list(folder.glob(".fetch-*")) and time.time() < deadline and p.poll() is None:
+            time.sleep(0.01)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        present = list((folder / "raw").iterdir()) if (folder / "raw").exists() else []
+        assert all(data._sha256(f) == data.SHA256[f.name] for f in present), "only complete, verified files"
+    r = subprocess.run([sys.executable, "data.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (folder / "raw").iterdir()) == sorted(data.SHA256)
+    assert not list(folder.glob(".fetch-*")), "the killed fetches' temp folders are gone"
+    assert data.load_arrays(tmp_path)["test_y"].shape == (10000,)

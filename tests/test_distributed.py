@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 ARGS = ["--preset", "default", "--epochs", "2", "--batch-size", "64", "--train-limit", "3000", "--quiet",
@@ -18,10 +20,15 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
                         "train.py", *ARGS, "--out", str(ddp)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("best val acc") == 1, "only rank 0 reports"
-    assert "in 2 shards of 1500" in r.stdout
-    assert sorted(p.name for p in ddp.iterdir()) == ["best.pt", "curves.png", "last.pt", "metrics.json", "model.pt"]
+    assert "in 2 shards of 1,500" in r.stdout
+    assert sorted(p.name for p in ddp.iterdir()) == [".lock", "best.pt", "curves.png", "last.pt", "metrics.json",
+                                                     "model.pt", "run.json"]
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (single, ddp))
     assert b["world_size"] == 2 and a["world_size"] == 1
+    # The metrics are all-reduced over both processes: every epoch counts all 3,000 images, not one shard's.
+    for r1, r2 in zip(a["history"], b["history"]):
+        assert r1["images"] == r2["images"] == 3000
+        assert r2["train_acc"] * 3000 == pytest.approx(round(r2["train_acc"] * 3000), abs=1e-6), "a count of 3,000"
     # Same samples in every global batch and averaged gradients; only BatchNorm's batch statistics differ
     # (each process normalises its 32 images). Stated tolerance: 2 points of accuracy.
     for r1, r2 in zip(a["history"], b["history"]):

@@ -3,7 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from model import PRESETS, Config, Dropout, MLPNet, count_params, get_config, patchify, unpatchify
+from model import Dropout, MixerBlock, MLPNet, ModelConfig, SeedBlock, count_params, patchify, unpatchify
+from recipe import PRESETS, Recipe, get_preset
+
+
+def get_config(preset, **overrides):
+    return get_preset(preset, **overrides)[0]
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 7, 14, 28])
@@ -47,13 +52,14 @@ def test_seed_preset_is_the_original_network_layer_by_layer():
                        (10, 16)]                           # classifier 16 -> 10
     bns = [m.num_features for m in net.modules() if isinstance(m, nn.BatchNorm1d)]
     assert bns == [49, 128, 128]
-    assert net.backbone[0].post_norm is not net.backbone[1].post_norm, "block 2 has its own BatchNorm"
+    assert all(isinstance(b, SeedBlock) for b in net.backbone)
+    assert net.backbone[0].norm is not net.backbone[1].norm, "block 2 has its own BatchNorm"
     assert not any(isinstance(m, (nn.LayerNorm, nn.GELU)) for m in net.modules())
     assert all(m.p == 0.1 for m in net.modules() if isinstance(m, nn.Dropout))
     expected = sum(o * i + o for o, i in linears) + 2 * sum(bns)
     assert count_params(net) == expected == 111164
-    cfg = PRESETS["seed"]
-    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.epochs) == ("adam", 1e-3, 5e-4, 256, 200)
+    r = PRESETS["seed"].recipe
+    assert (r.optimizer, r.lr, r.weight_decay, r.batch_size, r.epochs) == ("adam", 1e-3, 5e-4, 256, 200)
 
 
 def test_seed_init_is_kaiming_normal():
@@ -71,10 +77,12 @@ def test_wrong_input_shape_is_a_clear_error(shape):
 @pytest.mark.parametrize("field,value,message", [
     ("dropout", 1.0, "dropout=1.0 must be in"), ("lr", 0.0, "lr=0.0 must be positive"),
     ("epochs", 0, "epochs=0 must be positive"), ("batch_size", -1, "batch_size=-1 must be positive"),
-    ("dim", 0, "dim=0 must be positive"), ("act", "tanh", "act='tanh' is not one of")])
+    ("dim", 0, "dim=0 must be positive"), ("act", "tanh", "act='tanh' is not one of"),
+    ("block", "resnet", "block='resnet' is not one of"), ("schedule", "linear", "schedule='linear' is not one of"),
+    ("lr_drops", [5, 3], "must be increasing"), ("label_smoothing", 1.0, "label_smoothing=1.0 must be in")])
 def test_bad_config_values_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
-        get_config("default", **{field: value})
+        get_preset("default", **{field: value})
 
 
 def test_unknown_preset_and_field():
@@ -86,7 +94,7 @@ def test_unknown_preset_and_field():
 
 def test_mismatched_block_widths_are_named():
     with pytest.raises(ValueError, match="block 0 expects 50 patches"):
-        Config(blocks=[{"tokens": (50, 8, 50), "features": (128, 8, 128)}])
+        ModelConfig(blocks=[{"tokens": (50, 8, 50), "features": (128, 8, 128)}])
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -108,8 +116,41 @@ def test_cpu_dropout_drops_at_rate_p_independently_and_rescales(p):
 
 
 def test_config_overrides_are_type_checked():
-    assert get_config("default", lr=1).lr == 1.0
+    assert get_preset("default", lr=1)[1].lr == 1.0
     with pytest.raises(ValueError, match="dropout='high' should be a float"):
         get_config("default", dropout="high")
     with pytest.raises(ValueError, match="augment=1 should be a bool"):
-        get_config("default", augment=1)
+        get_preset("default", augment=1)
+
+
+def test_model_config_holds_the_architecture_and_recipe_the_training():
+    model, recipe = get_preset("quick", patch=7, epochs=3, erase=0.25)
+    assert model.patch == 7 and recipe.epochs == 3 and recipe.erase == 0.25
+    assert "epochs" not in model.to_dict() and "patch" not in recipe.to_dict()
+    assert PRESETS["quick"].recipe.epochs != 3 and PRESETS["quick"].model.patch == 4, "presets are not mutated"
+
+
+def test_mixer_block_is_two_residual_branches_over_layernorm():
+    torch.manual_seed(0)
+    block = MLPNet(get_config("quick")).backbone[0].eval()
+    assert isinstance(block, MixerBlock)
+    x = torch.randn(2, 49, 64)
+    y = x + block.token_mlp(block.norm1(x).transpose(1, 2)).transpose(1, 2)
+    assert torch.allclose(block(x), y + block.feature_mlp(block.norm2(y)), atol=1e-6)
+
+
+def test_seed_schedule_matches_the_originals_plateau_scheduler_fed_a_constant():
+    """The original stepped ReduceLROnPlateau(patience=50) once per epoch with a loss computed once, before
+    training: replaying that gives the rate of every one of the 200 epochs."""
+    recipe = PRESETS["seed"].recipe
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=recipe.lr)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", patience=50)
+    original = []
+    for _ in range(recipe.epochs):
+        original.append(opt.param_groups[0]["lr"])
+        plateau.step(0.7)  # the constant validation loss
+    steps = 7  # steps per epoch: any number
+    ours = [recipe.lr * recipe.lr_factor(e * steps + s, steps) for e in range(recipe.epochs) for s in (0, steps - 1)]
+    assert ours[::2] == pytest.approx(original, rel=1e-9) and ours[1::2] == pytest.approx(original, rel=1e-9)
+    assert original[51] == 1e-3 and original[52] == pytest.approx(1e-4) and original[-1] == pytest.approx(1e-6)
+    assert [e + 1 for e in range(1, 200) if original[e] < original[e - 1]] == [53, 104, 155]

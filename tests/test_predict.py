@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from predict import load_image, load_model
+from checkpoint import load_model
+from predict import load_image
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,9 @@ def test_unreadable_files_get_an_error_and_the_others_answers(arrays, checkpoint
     r = predict("--checkpoint", str(checkpoint), str(text), str(good), str(cut), str(tmp_path / "missing.png"))
     assert r.returncode == 1
     assert f"{good}: 1. " in r.stdout and r.stdout.count("\n") == 1
-    for bad in (text, cut, tmp_path / "missing.png"):
-        assert f"error: {bad}: not a readable PNG/JPEG image" in r.stderr
+    for bad in (text, cut):
+        assert f"error: {bad}: not a readable image" in r.stderr
+    assert f"error: {tmp_path / 'missing.png'}: no such file" in r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -79,3 +81,89 @@ def test_non_square_image_keeps_its_aspect_ratio(tmp_path):
     rows = (x[0] > 0.05).any(dim=1).nonzero().flatten()
     assert 7 <= len(rows) <= 10, "a 3:1 image becomes 28 x ~9, not 28 x 28"
     assert rows.min() >= 8 and rows.max() <= 19 and x[0, :8].max() == 0, "centred, padded with background"
+
+
+def bomb_png(path, side=30_000):
+    """A valid PNG of side x side 1-bit pixels, all zero: ~110 KB on disk, 900 megapixels declared."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    z, row = zlib.compressobj(9), b"\0" * (1 + (side + 7) // 8)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_hostile_inputs_each_get_one_line_and_bounded_memory(arrays, checkpoint, tmp_path):
+    """A decompression bomb, a truncated JPEG, a 16-bit PNG, a CMYK JPEG, an animated GIF, text named .png, a
+    directory and a missing path: one error line for each unreadable one, an answer for each readable one
+    (the same as the plain 8-bit image's), every file answered, exit 1."""
+    img = arrays["test_x"][0].numpy()
+    gray = Image.fromarray(img, mode="L")
+    files = {}
+    files["bomb"] = tmp_path / "bomb.png"
+    bomb_png(files["bomb"])
+    assert files["bomb"].stat().st_size < 300_000
+    files["plain"] = tmp_path / "plain.png"
+    gray.save(files["plain"])
+    files["cut"] = tmp_path / "cut.jpg"
+    gray.resize((200, 200)).save(files["cut"])
+    files["cut"].write_bytes(files["cut"].read_bytes()[:300])
+    files["deep"] = tmp_path / "deep.png"
+    Image.fromarray(img.astype("uint16") * 257).save(files["deep"])  # 16 bits per pixel
+    assert Image.open(files["deep"]).mode.startswith("I")
+    files["cmyk"] = tmp_path / "cmyk.jpg"
+    gray.convert("CMYK").resize((112, 112)).save(files["cmyk"], quality=95)
+    files["gif"] = tmp_path / "anim.gif"
+    other = Image.fromarray(arrays["test_x"][1].numpy(), mode="L")
+    gray.save(files["gif"], save_all=True, append_images=[other], duration=100, loop=0)
+    files["text"] = tmp_path / "notes.png"
+    files["text"].write_text("hello")
+    files["dir"] = tmp_path / "a-folder.png"
+    files["dir"].mkdir()
+    files["missing"] = tmp_path / "missing.png"
+    p = subprocess.Popen([sys.executable, "predict.py", "--checkpoint", str(checkpoint), "--json",
+                          *map(str, files.values())], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 1 and "Traceback" not in stderr
+    answers = {r["file"]: r for r in json.loads(stdout)}
+    assert list(answers) == list(map(str, files.values())), "every file answered, in order"
+    errors = {k: answers[str(f)].get("error") for k, f in files.items()}
+    assert "more than the 40 megapixels" in errors["bomb"] and "900000000 pixels" in errors["bomb"]
+    assert errors["cut"].startswith("not a readable image") and errors["text"].startswith("not a readable image")
+    assert errors["dir"] == "is a directory, not an image file" and errors["missing"] == "no such file"
+    for k in ("bomb", "cut", "text", "dir", "missing"):
+        assert stderr.count(f"error: {files[k]}: ") == 1, k
+    top1 = lambda k: answers[str(files[k])]["top"][0]  # noqa: E731
+    for k in ("deep", "cmyk", "gif"):
+        assert "error" not in answers[str(files[k])], k
+        assert top1(k)["label"] == top1("plain")["label"], f"{k}: the same answer as the 8-bit image"
+    assert top1("deep")["prob"] == pytest.approx(top1("plain")["prob"], abs=1e-4), "16 bits scaled, not clipped"
+
+
+def test_decoding_memory_is_bounded_for_a_bomb(checkpoint, tmp_path):
+    """The bomb is refused from its header: the process peaks at what torch's import takes, far below the
+    900 MP x 4 bytes the image would decode to."""
+    import os
+    bomb_png(tmp_path / "bomb.png")
+    p = subprocess.Popen([sys.executable, "predict.py", "--checkpoint", str(checkpoint), str(tmp_path / "bomb.png")],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 1
+    assert usage.ru_maxrss / 1024 < 2000, f"peak RSS {usage.ru_maxrss / 1024:.0f} MB"
+
+
+def test_top_must_be_between_1_and_10(checkpoint, tmp_path):
+    r = predict("--checkpoint", str(checkpoint), "--top", "11", "x.png")
+    assert r.returncode == 2 and "--top 11: there are 10 classes; give 1 to 10" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_an_old_layout_checkpoint_is_one_clear_line(tmp_path):
+    old = tmp_path / "model.pt"
+    torch.save({"config": {"patch": 4, "epochs": 7}, "preset": "quick", "state_dict": {}}, old)
+    r = predict("--checkpoint", str(old), "x.png")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "written by an older version of this repo" in r.stderr

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from model import PRESETS
+from recipe import PRESETS
 
 sys.path.insert(0, str(ROOT / "results"))
 import render  # noqa: E402
@@ -41,6 +41,7 @@ def test_cli_reports_malformed_file_and_leaves_readme_alone(tmp_path):
     readme.write_text(README)
     script = tmp_path / "render.py"
     script.write_text((ROOT / "results" / "render.py").read_text())
+    (tmp_path / "records.py").write_text((ROOT / "results" / "records.py").read_text())
     r = subprocess.run([sys.executable, str(script), "--readme", str(readme)], capture_output=True, text=True)
     assert r.returncode == 1 and "not valid JSON" in r.stderr
     assert readme.read_text() == README
@@ -84,9 +85,9 @@ def test_a_run_file_missing_fields_is_named(tmp_path):
 
 def test_best_probe_extrapolates_a_subset_epoch(tmp_path):
     (tmp_path / "runs").mkdir()
-    probe = run_json("best", 0, 0.5, train_limit=5500, config={"epochs": 1})
+    probe = run_json("best", 0, 0.5, train_limit=5500, preset_epochs=PRESETS["best"].recipe.epochs)
     probe.update(epochs=1, train_seconds=110.0)
     (tmp_path / "runs" / "best-cpu-probe.json").write_text(json.dumps(probe))
     text = render.render_best_probe(tmp_path)
-    assert PRESETS["best"].epochs == 150
+    assert PRESETS["best"].recipe.epochs == 150
     assert "about 18 min per epoch" in text and "150 epochs would take about 46 hours" in text  # 1100 s x 150

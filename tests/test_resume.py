@@ -8,9 +8,12 @@ import time
 import pytest
 import torch
 
+import checkpoint
 from conftest import ROOT
-from model import get_config
-from train import load_checkpoint
+from recipe import get_preset
+from train import run
+
+load_checkpoint = checkpoint.load
 
 SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--quiet", "--device", "cpu"]
 TIMING = {"seconds", "eval_seconds"}
@@ -70,17 +73,22 @@ def test_ctrl_c_stops_saves_and_says_how_to_resume(tmp_path):
     assert load_checkpoint(out / "last.pt")["epoch"] == 1 and (out / "best.pt").exists()
 
 
-def test_checkpoint_of_another_config_is_one_clear_error(straight):
-    other = get_config("seed")
-    with pytest.raises(ValueError, match="trained with another configuration") as e:
-        load_checkpoint(straight / "last.pt", other)
+def test_resuming_with_another_config_is_one_clear_error(straight):
+    """The notebook resumes with its own preset: a different one is refused before anything is written."""
+    files = lambda: {p.name: p.stat().st_mtime_ns for p in straight.iterdir() if p.name != ".lock"}  # noqa: E731
+    before = files()
+    with pytest.raises(checkpoint.CheckpointError, match="trained with another configuration") as e:
+        run(*get_preset("seed"), out_dir=straight, resume=True, live=False, log=lambda s: None)
     assert "checkpoint: {" in str(e.value) and "requested:  {" in str(e.value)
+    assert files() == before, "nothing written"
 
 
 def test_last_and_best_checkpoints_hold_everything_needed(straight):
-    ckpt = load_checkpoint(straight / "last.pt", get_config("default", batch_size=64, epochs=2))
+    ckpt = load_checkpoint(straight / "last.pt")
     assert ckpt["epoch"] == 2 and len(ckpt["history"]) == 2
-    assert {"model", "optimizer", "scheduler", "rng", "best_val_acc", "config", "seed"} <= set(ckpt)
+    assert {"weights", "optimizer", "scheduler", "rng", "best_val_acc", "model", "recipe", "seed", "run_id"} <= set(ckpt)
+    assert ckpt["model"] == get_preset("default")[0].to_dict()
+    assert ckpt["recipe"] == get_preset("default", batch_size=64, epochs=2)[1].to_dict()
     assert {"torch", "python", "numpy", "loader"} <= set(ckpt["rng"])
     best = load_checkpoint(straight / "best.pt")
     assert best["best_val_acc"] == max(r["val_acc"] for r in ckpt["history"])

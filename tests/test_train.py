@@ -10,20 +10,29 @@ import pytest
 import torch
 from torch import nn
 
+import checkpoint
+import data
 import my_utils as mu
-from model import MLPNet, count_params, get_config
-from predict import load_model
-from train import fit
+from checkpoint import load_model
+from loop import Trainer, fit
+from model import MLPNet, count_params
+from recipe import get_preset
 from conftest import ROOT
+
+CPU = torch.device("cpu")
+
+
+def trainer(model, recipe, train_limit, precision="fp32"):
+    return Trainer(MLPNet(model), recipe, data.loaders(recipe, train_limit=train_limit), CPU, precision)
 
 
 def test_short_real_training_run_learns(tmp_path):
     torch.manual_seed(0)
-    cfg = get_config("default", epochs=2, batch_size=64)
-    tr, va, te = mu.fashion_mnist_loaders(cfg.batch_size, augment=cfg.augment, train_limit=6000)
-    net = MLPNet(cfg)
+    model, recipe = get_preset("default", epochs=2, batch_size=64)
+    t = trainer(model, recipe, 6000)
+    net, te = t.net, t.test_iter
     logs = []
-    history = fit(net, tr, va, cfg, "cpu", "fp32", log=logs.append, progress=False)
+    history = fit(t, log=logs.append, progress=False)
     assert [r["epoch"] for r in history] == [1, 2]
     assert history[1]["train_loss"] < history[0]["train_loss"]
     # 6,000 images, 2 epochs (188 steps): a learning model clears 80 % on held-out data (chance: 10 %).
@@ -37,19 +46,46 @@ def test_bf16_autocast_trains_like_fp32():
     accs = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        cfg = get_config("default", epochs=1, batch_size=64)
-        tr, va, _ = mu.fashion_mnist_loaders(cfg.batch_size, train_limit=3000)
-        history = fit(MLPNet(cfg), tr, va, cfg, "cpu", precision, log=lambda s: None, progress=False)
+        history = fit(trainer(*get_preset("default", epochs=1, batch_size=64), 3000, precision), log=lambda s: None,
+                      progress=False)
         accs[precision] = history[-1]["val_acc"]
     assert accs["fp32"] > 0.5 and abs(accs["bf16"] - accs["fp32"]) < 0.03, accs
 
 
 def test_best_validation_epoch_is_restored():
-    cfg = get_config("default", epochs=2, lr=0.5)  # a silly lr: epoch 2 may be worse than epoch 1
-    tr, va, _ = mu.fashion_mnist_loaders(cfg.batch_size, train_limit=1024)
-    net = MLPNet(cfg)
-    history = fit(net, tr, va, cfg, "cpu", "fp32", log=lambda s: None, progress=False)
-    assert mu.evaluate_accuracy(net, va) == pytest.approx(max(r["val_acc"] for r in history))
+    """Force an earlier best: after epoch 1 the weights are scrambled, so epoch 2 ends worse; the net that fit
+    returns must be epoch 1's, not the last."""
+    torch.manual_seed(0)
+    t = trainer(*get_preset("default", epochs=2, batch_size=64), 2000)
+
+    def scramble(tr):
+        if len(tr.history) == 1:
+            with torch.no_grad():
+                for p in tr.net.parameters():
+                    p.normal_(0, 3.0)
+    history = fit(t, after_epoch=scramble, log=lambda s: None, progress=False)
+    assert history[1]["val_acc"] < history[0]["val_acc"] - 0.1, "the scramble made epoch 2 worse"
+    assert mu.evaluate_accuracy(t.net, t.val_iter) == pytest.approx(history[0]["val_acc"])
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
+    """Epoch 1 is checkpointed; a NaN weight then makes epoch 2's loss NaN: the run stops with the hint and
+    last.pt still holds epoch 1, loadable and finite."""
+    from train import Checkpointer
+    torch.manual_seed(0)
+    model, recipe = get_preset("default", epochs=3, batch_size=64)
+    t = trainer(model, recipe, 1000)
+    saver = Checkpointer(tmp_path, dict(model=model.to_dict(), recipe=recipe.to_dict()), writer=True)
+
+    def save_then_poison(tr):
+        saver(tr)
+        if len(tr.history) == 1:
+            with torch.no_grad():
+                tr.net.classifier.head.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="epoch 2: the training loss is nan.*last good checkpoint is kept"):
+        fit(t, after_epoch=save_then_poison, log=lambda s: None, progress=False)
+    last = checkpoint.load(tmp_path / "last.pt")
+    assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["weights"].values())
 
 
 def test_accumulator_timer_accuracy():
@@ -106,21 +142,24 @@ def run_train(*args, **kw):
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, **kw)
 
 
-def test_train_py_writes_metrics_model_and_curves(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: native here or emulated, the same path
+def test_train_py_writes_metrics_model_and_curves(tmp_path, precision):
     out = tmp_path / "run"
     r = run_train("--preset", "default", "--epochs", "1", "--batch-size", "64", "--train-limit", "4000", "--out", str(out),
-                  "--quiet")
+                  "--quiet", "--precision", precision)
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
-    for key in ("preset", "config", "params", "device", "epochs", "history", "val_acc", "test_acc", "train_seconds"):
+    for key in ("preset", "model", "recipe", "params", "device", "epochs", "history", "val_acc", "test_acc", "train_seconds"):
         assert key in m
-    assert m["preset"] == "default" and m["params"] == count_params(MLPNet(get_config("default")))
-    assert m["epochs"] == 1 and m["train_limit"] == 4000
+    assert m["preset"] == "default" and m["params"] == count_params(MLPNet(get_preset("default")[0]))
+    assert m["epochs"] == 1 and m["train_limit"] == 4000 and m["precision"] == precision
     assert set(m["history"][0]) >= {"epoch", "train_loss", "train_acc", "val_acc", "seconds"}
     assert 0.5 < m["test_acc"] <= 1  # 63 steps; chance is 0.1
-    net = load_model(out / "model.pt")  # torch.load(..., weights_only=True) of config + weights
+    net = load_model(out / "model.pt")  # torch.load(..., weights_only=True) of model config + weights
+    assert set(torch.load(out / "model.pt", weights_only=True)) == {"format", "model", "preset", "state_dict"}
     _, _, te = mu.fashion_mnist_loaders(1000)
-    assert mu.evaluate_accuracy(net, te) == pytest.approx(m["test_acc"])
+    # re-evaluated in the run's own precision: bf16 and fp32 logits can rank a borderline image differently
+    assert mu.evaluate_accuracy(net, te, precision=m["precision"]) == m["test_acc"]
     assert (out / "curves.png").stat().st_size > 1000
 
 
@@ -130,10 +169,10 @@ def test_train_py_set_overrides_and_test_curve(tmp_path):
                   "--set", "erase=0.25", "--test-curve", "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
-    assert m["config"]["patch"] == 7 and m["config"]["erase"] == 0.25 and m["epochs"] == 2, "--epochs wins"
-    assert m["config"]["blocks"][0]["tokens"] == [16, 64, 16], "the patch axis follows K"
+    assert m["model"]["patch"] == 7 and m["recipe"]["erase"] == 0.25 and m["epochs"] == 2, "--epochs wins"
+    assert m["model"]["blocks"][0]["tokens"] == [16, 64, 16], "the patch axis follows K"
     assert m["command"].startswith("python train.py --preset quick") and "--test-curve" in m["command"]
-    assert all(0.1 < h["test_acc"] <= 1 for h in m["history"]), "a test accuracy after every epoch"
+    assert all(0 < h["test_acc"] <= 1 for h in m["history"]), "a test accuracy after every epoch"
     assert m["test_acc"] == next(h["test_acc"] for h in m["history"] if h["epoch"] == m["best_epoch"])
 
 
@@ -165,9 +204,12 @@ def test_notebook_runs_top_to_bottom_with_papermill(tmp_path):
     nb = nbformat.read(executed, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    train_cell = next(c for c in nb.cells if "fit(" in c.source)
+    train_cell = next(c for c in nb.cells if "run(" in c.source)
     images = [o for o in train_cell.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1, "the live curves update one figure in place, not a pile of figures"
+    logs = [o for o in train_cell.outputs if o.output_type == "display_data" and set(o.data) == {"text/plain"}]
+    assert len(logs) == 1 and "epoch   2" in logs[0].data["text/plain"], "the log is one output under the figure"
+    assert not [o for o in train_cell.outputs if o.output_type == "stream" and "epoch" in o.text]
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 2 and m["train_limit"] == 3000 and 0.5 < m["test_acc"] <= 1
     assert (out / "model.pt").exists() and (out / "curves.png").exists()

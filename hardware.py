@@ -1,0 +1,62 @@
+"""Devices and numeric precision: what runs where, and the name of the machine for the record."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device="auto") -> torch.device:
+    """'auto' -> CUDA, then MPS, then CPU. An explicitly requested device that is missing is an error."""
+    device = str(device)
+    has = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if device == "auto":
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
+    kind = device.split(":")[0]
+    if kind not in has:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or mps")
+    if not has[kind]:
+        raise ValueError(f"device {device!r} was requested but is not available here; use --device auto or cpu")
+    return torch.device(device)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run natively. Elsewhere bf16 is emulated and slower than fp32."""
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere we cannot tell cheaply, so stay in fp32
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(device: torch.device, precision="auto") -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = None if precision == "fp32" else DTYPES[precision]
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def describe(device: torch.device) -> str:
+    """The hardware a number was measured on, for every record."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    return f"{name or sys.platform} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def cpu_workers() -> int:
+    """CPUs this process may use (DataLoader workers beyond that only make torch warn)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,180 @@
+"""The training loop: `Trainer` (a model, its optimiser and schedule, and what a checkpoint holds) and `fit`,
+a short loop over `Trainer.fit_epoch`. train.py's `run` drives it for the notebook, the CLI and the study.
+"""
+from __future__ import annotations
+
+import math
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
+
+import hardware
+import my_utils as mu
+from recipe import Recipe, make_optimizer, make_scheduler
+
+PROGRESS_POINTS, PROGRESS_SECONDS = 5, 10.0  # live curves: ~5 points an epoch, and one at least every 10 s
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state(loader) -> dict:
+    np_state = np.random.get_state()
+    return dict(torch=torch.get_rng_state(), python=list(random.getstate()[1]),
+                numpy=torch.from_numpy(np_state[1].astype(np.int64)), numpy_pos=int(np_state[2]),
+                loader=loader.generator.get_state())
+
+
+def set_rng_state(state: dict, loader):
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    loader.generator.set_state(state["loader"])
+
+
+class StopOnInterrupt:
+    """While active, Ctrl-C (SIGINT, also a Jupyter interrupt) only sets `requested`; a second one interrupts."""
+
+    def __enter__(self):
+        self.requested, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class Trainer:
+    """A model with its optimiser, schedule and loaders; `history` and the best validation weights.
+    `state_dict()` is everything a checkpoint needs to continue bit for bit."""
+
+    def __init__(self, net, recipe: Recipe, loaders, device, precision, compile=False, test_curve=False):
+        self.net, self.recipe, self.device, self.precision = net.to(device), recipe, device, precision
+        self.train_iter, self.val_iter, self.test_iter = loaders
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if self.world > 1 else net
+        self.model = torch.compile(model) if compile else model  # off by default: a 2-core CPU never won it back
+        self.opt = make_optimizer(net, recipe)
+        self.sched = make_scheduler(self.opt, recipe, len(self.train_iter))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.loss_f = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+        self.test_curve = test_curve
+        self.history, self.best_val, self.best_weights = [], -1.0, None
+
+    def fit_epoch(self, epoch, stop, progress=False, on_progress=None) -> dict | None:
+        """Train one epoch and validate. Returns its history record, or None if `stop` was requested.
+        Sums stay on the device; `on_progress(x, loss, acc)` reads them ~5 times an epoch (live curves)."""
+        self.net.train()
+        timer, sums = mu.Timer(), torch.zeros(3, device=self.device)  # loss sum, correct, count
+        n, lr, points, last = len(self.train_iter), self.opt.param_groups[0]["lr"], [], time.monotonic()
+        batches = tqdm(self.train_iter, desc=f"epoch {epoch}/{self.recipe.epochs}", leave=False, disable=not progress)
+        for i, (X, y) in enumerate(batches):
+            X, y = X.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with hardware.autocast(self.device, self.precision):
+                y_hat = self.model(X)
+                loss = self.loss_f(y_hat, y)
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.sched.step()
+            with torch.no_grad():  # no host sync: the sums stay on the device (no tensor is made from the host)
+                sums[0] += loss.detach().float() * len(y)
+                sums[1] += (y_hat.argmax(1) == y).sum()
+                sums[2] += len(y)
+            if stop.requested:
+                return None
+            due = (i + 1) * PROGRESS_POINTS // n > i * PROGRESS_POINTS // n or time.monotonic() - last > PROGRESS_SECONDS
+            if on_progress is not None and self.world == 1 and due and i + 1 < n:  # (DDP: epoch ends only)
+                s = self._reduced(sums)
+                points.append((epoch - 1 + (i + 1) / n, s[0] / s[2], s[1] / s[2]))
+                on_progress(*points[-1])
+                last = time.monotonic()
+        loss_sum, correct, count = self._reduced(sums)
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"epoch {epoch}: the training loss is {loss_sum}; the learning rate "
+                                     f"(lr={self.recipe.lr}) is probably too high. The last good checkpoint is kept.")
+        points.append((float(epoch), loss_sum / count, correct / count))
+        seconds = timer.stop()  # training only; validation is timed apart
+        timer.start()
+        val_acc = mu.evaluate_accuracy(self.net, self.val_iter, self.device, self.precision) \
+            if self.val_iter is not None and self.val_iter.num_examples else float("nan")
+        r = dict(epoch=epoch, train_loss=loss_sum / count, train_acc=correct / count, val_acc=val_acc,
+                 seconds=seconds, eval_seconds=timer.stop(), lr=lr, images=int(count), points=points)
+        if self.test_curve:  # learning curves only: nothing is chosen on it
+            r["test_acc"] = mu.evaluate_accuracy(self.net, self.test_iter, self.device, self.precision)
+        self.history.append(r)
+        if val_acc > self.best_val:
+            self.best_val = val_acc
+            self.best_weights = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        return r
+
+    def _reduced(self, sums) -> list[float]:
+        if self.world > 1:
+            sums = sums.clone()
+            dist.all_reduce(sums)  # every rank's share of the epoch
+        return sums.tolist()
+
+    def state_dict(self) -> dict:
+        return dict(weights=self.net.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+                    scaler=self.scaler.state_dict(), history=self.history, best_val_acc=self.best_val,
+                    rng=rng_state(self.train_iter), epoch=len(self.history))
+
+    def load_state_dict(self, state: dict, best_weights=None):
+        self.net.load_state_dict(state["weights"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"], self.train_iter)
+        self.history, self.best_val = list(state["history"]), state["best_val_acc"]
+        self.best_weights = best_weights
+
+    def restore_best(self, log=print):
+        """Model selection on validation: keep the weights of the best validation epoch."""
+        if self.best_weights is not None:
+            self.net.load_state_dict(self.best_weights)
+            best = max(self.history, key=lambda r: r["val_acc"])
+            log(f"restored the weights of epoch {best['epoch']} (best validation accuracy {best['val_acc']:.4f})")
+
+
+def fit(trainer: Trainer, *, after_epoch=None, on_progress=None, log=print, progress=True, until=None) -> list[dict]:
+    """Train from the trainer's next epoch to its recipe's last; Ctrl-C stops after the current batch and drops
+    that partial epoch. `after_epoch(trainer)` runs after each epoch (checkpoints, curves); `until(record)`
+    stops early when true. The best validation epoch's weights are restored at the end."""
+    start, epochs = len(trainer.history) + 1, trainer.recipe.epochs
+    log(f"training on {trainer.device} in {trainer.precision}: epochs {start}-{epochs} x "
+        f"{len(trainer.train_iter)} batches of {trainer.recipe.batch_size}")
+    trainer.interrupted = None
+    with StopOnInterrupt() as stop:
+        for epoch in range(start, epochs + 1):
+            r = trainer.fit_epoch(epoch, stop, progress, on_progress)
+            if r is None:
+                trainer.interrupted = epoch
+                log(f"interrupted during epoch {epoch}: stopped after the current batch and dropped that partial epoch")
+                break
+            if after_epoch is not None:
+                after_epoch(trainer)
+            log(f"epoch {epoch:3d}  loss {r['train_loss']:.4f}  train acc {r['train_acc']:.4f}  "
+                f"val acc {r['val_acc']:.4f}  {r['seconds']:.1f}s  "
+                f"({trainer.train_iter.num_examples * trainer.world / r['seconds']:.0f} img/s)")
+            if until is not None and until(r):
+                break
+    trainer.restore_best(log)
+    return trainer.history

@@ -1,0 +1,83 @@
+"""Run records without torch: atomic writes, the git commit, mean ± std, the patch-study table.
+
+render.py (beside it) imports only this module, so rendering the README needs no torch; the training code
+imports it as `results.records`.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import statistics
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _failpoint(where: str, path: Path):
+    """Fault injection for the tests: MLP_FAILPOINT=WHERE:NAME:N kills this process with SIGKILL at WHERE
+    (mid-write | before-rename) during the N-th atomic write of a file named NAME. Unset: nothing happens."""
+    spec = os.environ.get("MLP_FAILPOINT", "")
+    if spec.count(":") != 2:
+        return
+    at, name, nth = spec.split(":")
+    if at == where and name == path.name:
+        _failpoint.counts[where] = _failpoint.counts.get(where, 0) + 1
+        if _failpoint.counts[where] == int(nth):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_failpoint.counts = {}
+
+
+def atomic_write(path, payload: bytes | str):
+    """Write a temp file beside `path`, fsync, rename: readers never see half a file, and a crash (or a full
+    disk) leaves the previous version in place. The temp name is fixed, so crashes cannot pile up temps."""
+    path = Path(path)
+    data = payload.encode() if isinstance(payload, str) else payload
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if os.environ.get("MLP_FAILPOINT", "").startswith("mid-write:"):
+                f.write(data[:len(data) // 2])
+                f.flush()
+                _failpoint("mid-write", path)
+            f.write(data[f.tell():])
+            f.flush()
+            os.fsync(f.fileno())
+        _failpoint("before-rename", path)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. ENOSPC: do not leave a partial temp file eating the space
+        raise
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """HEAD (with "-dirty" if tracked files differ), read once per process: call it when a run starts, so a
+    commit made while it trains is not credited with its results."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def mean_std(xs) -> tuple[float, float]:
+    xs = list(xs)
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def study_table(summary) -> str:
+    """The patch study's summary as a Markdown table (the study notebook and README show the same)."""
+    lines = ["| preset | K (patches) | params | MFLOP per training image | s/epoch | epochs | seeds | validation | test |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in summary:
+        lines.append(f"| `{r['preset']}` | {r['patch']} ({r['patches']}) | {r['params']:,} | {1e3 * r['gflops']:.1f} | "
+                     f"{r['sec_per_epoch']:.1f} | {r['epochs']}{' (capped)' if r.get('capped') else ''} | {r['runs']} | "
+                     f"{100 * r['val_acc']:.2f} ± {100 * r['val_std']:.2f} % | {100 * r['test_acc']:.2f} ± "
+                     f"{100 * r['test_std']:.2f} % |")
+    return "\n".join(lines)
