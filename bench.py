@@ -156,6 +156,25 @@ def profile_step(preset, device, precision, steps=10, top=8) -> dict:
                 top_ops=[dict(op=e.key, share=getattr(e, key) / total, calls=e.count) for e in rows])
 
 
+def live_overhead(device, precision, preset="quick") -> dict:
+    """What the notebook's live curves cost inside one training epoch: the ~5 reads of the on-device sums and,
+    each time, redrawing the figure and encoding it as PNG (what a Jupyter update does), against the epoch."""
+    from types import SimpleNamespace
+    model, recipe = get_preset(preset, epochs=1)
+    trainer = Trainer(MLPNet(model), recipe, data.loaders(recipe, device=device), device, precision)
+    animator, spent = mu.training_animator(1), []
+
+    def on_progress(x, loss, acc):
+        t = time.perf_counter()
+        animator.add(x, (loss, acc, None))
+        animator.png()
+        spent.append(time.perf_counter() - t)
+    r = trainer.fit_epoch(1, SimpleNamespace(requested=False), on_progress=on_progress)
+    return dict(preset=preset, epoch_s=r["seconds"], updates=len(spent), update_s=sum(spent),
+                share=sum(spent) / r["seconds"], device=str(device), hardware=hardware.describe(device),
+                precision=precision, git_commit=records.git_commit(), command="python bench.py --live-overhead")
+
+
 def peak_rss_mb_of_training(args) -> float:
     """Peak resident memory of one separate `train.py` default run, that child alone (os.wait4's rusage; the
     reference's DataLoader workers are other children and do not count)."""
@@ -180,12 +199,20 @@ def main(argv=None):
     p.add_argument("--out", default="bench.json")
     p.add_argument("--acc-epochs", type=int, default=2,
                    help="whole epochs of the seed network in both loops, for speed and test accuracy")
+    p.add_argument("--live-overhead", action="store_true",
+                   help="only measure what the live curves cost within one `quick` epoch (writes it to --out)")
     p.add_argument("--profile-only", action="store_true",
                    help="only profile one training step of each preset (writes the profile to --out)")
     args = p.parse_args(argv)
     records.git_commit()  # read now: the code this run starts with
     device = hardware.resolve_device(args.device)
     precision = hardware.resolve_precision(device, args.precision)
+    if args.live_overhead:
+        result = live_overhead(device, precision)
+        records.atomic_write(args.out, json.dumps(result, indent=2))
+        print(f"live curves: {result['updates']} updates, {result['update_s']:.2f} s of a {result['epoch_s']:.1f} s "
+              f"epoch ({result['share']:.2%})")
+        return result
     if args.profile_only:
         prof = dict(device=str(device), hardware=hardware.describe(device), precision=precision, torch=torch.__version__,
                     git_commit=records.git_commit(), profiles=[profile_step(p, device, precision) for p in ("seed", "default")])

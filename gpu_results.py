@@ -101,8 +101,10 @@ def main(argv=None) -> int:
             str(out / "patch_study.png"), "python gpu_results.py (patch study)", args.cap)
         jobs["study"] = ([sys.executable, "-c", code], None)
     plan_record = plan(args, jobs)
-    procs = {name: subprocess.Popen(cmd, cwd=ROOT, stdout=open(out / f"{name}.log", "w"), stderr=subprocess.STDOUT)
-             for name, (cmd, _) in jobs.items()}
+    # The parts share the machine's cores: one thread pool each of its share, not one each of all of them.
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // max(1, len(jobs)))))
+    procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(out / f"{name}.log", "w"),
+                                    stderr=subprocess.STDOUT) for name, (cmd, _) in jobs.items()}
     status = {name: p.wait() for name, p in procs.items()}
     for name, (_, keep) in jobs.items():
         metrics = out / "work" / (keep or "") / "metrics.json"

@@ -52,9 +52,12 @@ def describe(device: torch.device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
-    return f"{name or sys.platform} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), None)
+    flags = set(info.split())
+    isa = ("AMX" if "amx_bf16" in flags else "AVX-512+BF16" if "avx512_bf16" in flags else "AVX-512"
+           if "avx512f" in flags else "AVX2" if "avx2" in flags else None)
+    return f"{name or sys.platform} ({os.cpu_count()} cores, {torch.get_num_threads()} threads{', ' + isa if isa else ''})"
 
 
 def cpu_workers() -> int:

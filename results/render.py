@@ -96,6 +96,14 @@ def render_bench_gpu(folder: Path) -> str:
     return render_bench(folder, "bench_gpu.json")
 
 
+def render_live_overhead(folder: Path) -> str:
+    o = load(folder / "live_overhead_cpu.json", ("updates", "update_s", "epoch_s", "share", "hardware", "precision",
+                                                  "command", "git_commit"))
+    return (f"**{100 * o['share']:.2f} %** of an epoch: {o['updates']} updates (read the sums, redraw, encode the PNG "
+            f"as Jupyter does) took {o['update_s']:.2f} s of a {o['epoch_s']:.1f} s `{o.get('preset', 'quick')}` epoch "
+            f"(`{o['command']}`, {o['hardware']}, {o['precision']}, commit {o['git_commit'][:7]}).")
+
+
 def render_profile(folder: Path) -> str:
     prof = load(folder / "profile_cpu.json", ("profiles", "hardware", "precision"))
     rows = []
@@ -179,11 +187,70 @@ def render_best_probe(folder: Path) -> str:
             f"per seed here (extrapolated from that measurement, not run).")
 
 
+# Reference lines of the frontier (facts from their sources, not rerun here; README's comparison table).
+ANCHORS = [(0.8863, "the original network, 200 GPU epochs (88.63 %)"), (0.902, "an MLP-Mixer adaptation (90.2 %)")]
+
+
+def frontier_points(folder: Path) -> list[dict]:
+    """Every full-data run and trial in results/runs/ and results/trials/ (subset and curve-only runs aside)."""
+    points = []
+    for kind in ("runs", "trials"):
+        for f in sorted((folder / kind).glob("*.json")):
+            r = load(f, RUN_KEYS)
+            if r.get("train_limit") or any("test_acc" in h for h in r["history"]):
+                continue
+            points.append(dict(r, file=f"{kind}/{f.name}", kind=kind))
+    return sorted(points, key=lambda r: r["train_seconds"])
+
+
+def render_frontier(folder: Path) -> str:
+    """Test accuracy against training seconds: every recorded run a row, the best so far marked."""
+    lines = ["| training s | test | validation | preset / trial | epochs | hardware, precision | best so far | file |",
+             "| ---: | ---: | ---: | --- | ---: | --- | :---: | --- |"]
+    best = -1.0
+    for r in frontier_points(folder):
+        new = r["test_acc"] > best
+        best = max(best, r["test_acc"])
+        capped = " (capped)" if r.get("capped") else ""
+        who = f"`{r['preset']}` preset" if r["kind"] == "runs" else f"`{r['command']}`"
+        lines.append(f"| {r['train_seconds']:.0f} | {pct(r['test_acc'])} | {pct(r['val_acc'])} | {who} | "
+                     f"{r['epochs']}{capped} | {r['hardware']}, {r['precision']} | {'★' if new else ''} | {r['file']} |")
+    return "\n".join(lines)
+
+
+def plot_frontier(folder: Path, png: Path):
+    """results/frontier.png: every point, presets marked, the best-so-far line, the anchors."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    pts = frontier_points(folder)
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for kind, style in (("trials", dict(marker="o", color="tab:gray", label="trial")),
+                        ("runs", dict(marker="*", s=120, color="tab:red", label="preset run"))):
+        xs = [r["train_seconds"] for r in pts if r["kind"] == kind]
+        ax.scatter(xs, [100 * r["test_acc"] for r in pts if r["kind"] == kind], zorder=3, **style)
+    xs, ys, best = [], [], -1.0
+    for r in pts:
+        best = max(best, 100 * r["test_acc"])
+        xs.append(r["train_seconds"])
+        ys.append(best)
+    ax.step(xs, ys, where="post", color="tab:blue", label="best so far")
+    for y, label in ANCHORS:
+        ax.axhline(100 * y, ls="--", lw=1, color="k", alpha=0.5)
+        ax.text(ax.get_xlim()[0] if xs else 0, 100 * y + 0.05, label, fontsize=8, va="bottom")
+    ax.set(xscale="log", xlabel="training seconds (log scale)", ylabel="test accuracy (%)",
+           title="Accuracy per CPU-second: every recorded run (results/runs, results/trials)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.savefig(png, dpi=110)
+
+
 def table(rows) -> str:
     return "\n".join(["| what | value |", "| --- | --- |", *[f"| {a} | {b} |" for a, b in rows]])
 
 
-RENDERERS = {"make_run": render_make_run, "bench": render_bench, "bench_gpu": render_bench_gpu, "profile": render_profile,
+RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": render_bench, "bench_gpu": render_bench_gpu, "profile": render_profile, "live_overhead": render_live_overhead,
              "presets": render_presets, "seed_curve": render_seed_curve, "patch_study": render_patch_study,
              "best_probe": render_best_probe, "trials": render_trials}
 
@@ -241,6 +308,8 @@ def main(argv=None):
     for f in stale:
         records.atomic_write(f, rendered[f])
         print(f"updated {f}")
+    if any("<!-- results:frontier -->" in t for t in pages.values()):
+        plot_frontier(HERE, HERE / "frontier.png")
 
 
 if __name__ == "__main__":
