@@ -166,7 +166,7 @@ class Animator:
                  yscale="linear", fmts=("-", "m--", "g-.", "r:"), nrows=1, ncols=1, figsize=(3.5, 2.5),
                  axes_of=None):
         from matplotlib.figure import Figure  # not pyplot: no stray auto-displayed figures
-        self.fig = Figure(figsize=figsize, layout="constrained")
+        self.fig = Figure(figsize=figsize)  # laid out once, below: not again on every live redraw
         axes = self.fig.subplots(nrows, ncols, squeeze=False).flatten()
         self.axes, self.legend, self.fmts = list(axes), list(legend or []), fmts
         self.axes_of = list(axes_of) if axes_of is not None else None
@@ -175,6 +175,9 @@ class Animator:
         ylabels = ylabel if isinstance(ylabel, (list, tuple)) else [ylabel] * len(axes)
         self.style = [dict(xlabel=xlabel, ylabel=yl, xlim=xlim, ylim=ylim, xscale=xscale, yscale=yscale)
                       for yl in ylabels]
+        for ax, style in zip(self.axes, self.style):
+            ax.set(**{k: v for k, v in style.items() if v is not None})
+        self.fig.tight_layout()
         self.X, self.Y, self.lines, self.handle, self.text = None, None, [], None, None
 
     def add(self, x, y):

@@ -56,14 +56,17 @@ def atomic_write(path, payload: bytes | str):
 @functools.cache
 def git_commit() -> str | None:
     """HEAD (with "-dirty" if tracked files differ), read once per process: call it when a run starts, so a
-    commit made while it trains is not credited with its results."""
+    commit made while it trains is not credited with its results. Where there is no git repository (a copy
+    of the tree on a GPU machine), $MLP_GIT_COMMIT, set by whoever copied it."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        pass
+    return os.environ.get("MLP_GIT_COMMIT")
 
 
 def mean_std(xs) -> tuple[float, float]:

@@ -101,7 +101,7 @@ def render_live_overhead(folder: Path) -> str:
                                                   "command", "git_commit"))
     return (f"**{100 * o['share']:.2f} %** of an epoch: {o['updates']} updates (read the sums, redraw, encode the PNG "
             f"as Jupyter does) took {o['update_s']:.2f} s of a {o['epoch_s']:.1f} s `{o.get('preset', 'quick')}` epoch "
-            f"(`{o['command']}`, {o['hardware']}, {o['precision']}, commit {o['git_commit'][:7]}).")
+            f"(`{o['command']}`, {o['hardware']}, {o['precision']}, commit {str(o['git_commit'])[:7]}).")
 
 
 def render_profile(folder: Path) -> str:
@@ -146,7 +146,7 @@ def render_seed_curve(folder: Path) -> str:
         raise ResultsError(f"no run in {folder / 'runs'} has a per-epoch test curve; record one made with "
                            f"train.py --test-curve")
     r = runs[0]
-    lines = [f"`{r['command']}` (seed {r['seed']}, {r['hardware']}, {r['precision']}, commit {r['git_commit'][:7]}):",
+    lines = [f"`{r['command']}` (seed {r['seed']}, {r['hardware']}, {r['precision']}, commit {str(r['git_commit'])[:7]}):",
              "", "| epoch | train loss | validation | test | seconds |", "| ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {h['epoch']} | {h['train_loss']:.4f} | {100 * h['val_acc']:.2f} % | {100 * h['test_acc']:.2f} % | "
               f"{h['seconds']:.0f} |" for h in r["history"]]
@@ -156,20 +156,8 @@ def render_seed_curve(folder: Path) -> str:
 def render_patch_study(folder: Path) -> str:
     st = load(folder / "patch_study.json", ("summary", "verdict", "hardware", "precision", "command", "git_commit"))
     lines = [records.study_table(st["summary"])]
-    lines += ["", f"`{st['command']}` on {st['hardware']}, {st['precision']}, commit {st['git_commit'][:7]}. "
+    lines += ["", f"`{st['command']}` on {st['hardware']}, {st['precision']}, commit {str(st['git_commit'])[:7]}. "
               + " ".join(st["verdict"])]
-    return "\n".join(lines)
-
-
-def render_trials(folder: Path) -> str:
-    """Single-seed trials kept in results/trials/ (train.py runs that were not adopted)."""
-    lines = ["| command | preset | epochs | validation | test | training time | commit |",
-             "| --- | --- | ---: | --- | --- | ---: | --- |"]
-    for f in sorted((folder / "trials").glob("*.json")):
-        r = load(f, RUN_KEYS)
-        lines.append(f"| `{r['command']}` | `{r['preset']}` | {r['epochs']} | {pct(r['val_acc'])} | {pct(r['test_acc'])} | "
-                     f"{r['train_seconds']:.0f} s | "
-                     f"{r['git_commit'][:7]} |")
     return "\n".join(lines)
 
 
@@ -203,10 +191,20 @@ def frontier_points(folder: Path) -> list[dict]:
     return sorted(points, key=lambda r: r["train_seconds"])
 
 
+def time_to_90(history) -> str:
+    """bench.py's measure from a run's history: training + validation seconds until validation first >= 90 %."""
+    elapsed = 0.0
+    for h in history:
+        elapsed += h["seconds"] + h.get("eval_seconds", 0.0)
+        if h["val_acc"] >= 0.90:
+            return f"{elapsed:.0f} s (epoch {h['epoch']})"
+    return "—"
+
+
 def render_frontier(folder: Path) -> str:
     """Test accuracy against training seconds: every recorded run a row, the best so far marked."""
-    lines = ["| training s | test | validation | preset / trial | epochs | hardware, precision | best so far | file |",
-             "| ---: | ---: | ---: | --- | ---: | --- | :---: | --- |"]
+    lines = ["| training s | test | validation | preset / trial | epochs | hardware, precision | best so far | file | "
+             "first val ≥ 90 % |", "| ---: | ---: | ---: | --- | ---: | --- | :---: | --- | ---: |"]
     best = -1.0
     for r in frontier_points(folder):
         new = r["test_acc"] > best
@@ -214,35 +212,42 @@ def render_frontier(folder: Path) -> str:
         capped = " (capped)" if r.get("capped") else ""
         who = f"`{r['preset']}` preset" if r["kind"] == "runs" else f"`{r['command']}`"
         lines.append(f"| {r['train_seconds']:.0f} | {pct(r['test_acc'])} | {pct(r['val_acc'])} | {who} | "
-                     f"{r['epochs']}{capped} | {r['hardware']}, {r['precision']} | {'★' if new else ''} | {r['file']} |")
+                     f"{r['epochs']}{capped} | {r['hardware']}, {r['precision']} | {'★' if new else ''} | {r['file']} | "
+                     f"{time_to_90(r['history'])} |")
     return "\n".join(lines)
 
 
 def plot_frontier(folder: Path, png: Path):
-    """results/frontier.png: every point, presets marked, the best-so-far line, the anchors."""
+    """results/frontier.png: every point (stars: preset runs), one colour and one best-so-far line per hardware
+    and precision (seconds on different CPUs are not comparable), the anchors as reference lines."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
     pts = frontier_points(folder)
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.subplots()
-    for kind, style in (("trials", dict(marker="o", color="tab:gray", label="trial")),
-                        ("runs", dict(marker="*", s=120, color="tab:red", label="preset run"))):
-        xs = [r["train_seconds"] for r in pts if r["kind"] == kind]
-        ax.scatter(xs, [100 * r["test_acc"] for r in pts if r["kind"] == kind], zorder=3, **style)
-    xs, ys, best = [], [], -1.0
-    for r in pts:
-        best = max(best, 100 * r["test_acc"])
-        xs.append(r["train_seconds"])
-        ys.append(best)
-    ax.step(xs, ys, where="post", color="tab:blue", label="best so far")
+    machines = list(dict.fromkeys(f"{r['hardware']}, {r['precision']}" for r in pts))
+    for m, color in zip(machines, ("tab:gray", "tab:blue", "tab:green", "tab:purple", "tab:orange")):
+        mine = [r for r in pts if f"{r['hardware']}, {r['precision']}" == m]
+        for kind, marker, size in (("trials", "o", 30), ("runs", "*", 140)):
+            sel = [r for r in mine if r["kind"] == kind]
+            ax.scatter([r["train_seconds"] for r in sel], [100 * r["test_acc"] for r in sel], marker=marker, s=size,
+                       color=color, zorder=3)
+        xs, ys, best = [], [], -1.0
+        for r in mine:
+            best = max(best, 100 * r["test_acc"])
+            xs.append(r["train_seconds"])
+            ys.append(best)
+        ax.step(xs, ys, where="post", color=color, label=f"best so far: {m}")
+    ax.scatter([], [], marker="*", s=140, color="k", label="preset run (results/runs)")
+    ax.scatter([], [], marker="o", s=30, color="k", label="trial (results/trials)")
     for y, label in ANCHORS:
         ax.axhline(100 * y, ls="--", lw=1, color="k", alpha=0.5)
-        ax.text(ax.get_xlim()[0] if xs else 0, 100 * y + 0.05, label, fontsize=8, va="bottom")
+        ax.annotate(label, (0.01, 100 * y), xycoords=("axes fraction", "data"), fontsize=8, va="bottom")
     ax.set(xscale="log", xlabel="training seconds (log scale)", ylabel="test accuracy (%)",
-           title="Accuracy per CPU-second: every recorded run (results/runs, results/trials)")
+           title="Test accuracy against training seconds: every recorded run")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     fig.savefig(png, dpi=110)
 
 
@@ -250,9 +255,9 @@ def table(rows) -> str:
     return "\n".join(["| what | value |", "| --- | --- |", *[f"| {a} | {b} |" for a, b in rows]])
 
 
-RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": render_bench, "bench_gpu": render_bench_gpu, "profile": render_profile, "live_overhead": render_live_overhead,
-             "presets": render_presets, "seed_curve": render_seed_curve, "patch_study": render_patch_study,
-             "best_probe": render_best_probe, "trials": render_trials}
+RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": render_bench, "bench_gpu": render_bench_gpu,
+             "profile": render_profile, "live_overhead": render_live_overhead, "presets": render_presets,
+             "seed_curve": render_seed_curve, "patch_study": render_patch_study, "best_probe": render_best_probe}
 
 
 def render(text: str, folder: Path = HERE) -> str:

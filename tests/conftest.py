@@ -1,4 +1,7 @@
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,3 +21,37 @@ def arrays():
 @pytest.fixture(scope="session")
 def raw_dir():
     return mu.fetch_fashion_mnist()
+
+
+TIMING = {"seconds", "eval_seconds"}
+
+
+def train_py(*args, env=None, timeout=600):
+    """train.py as a real process, from the repository root."""
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), timeout=timeout)
+
+
+def start_train_py(*args):
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, p, timeout=300):
+    """Wait until `path` exists while process `p` runs (fail if it exits first)."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert p.poll() is None, p.communicate()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def without_timing(history):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
+
+
+def finished_run(tmp_path_factory, *args):
+    out = tmp_path_factory.mktemp("straight")
+    r = train_py(*args, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out

@@ -96,7 +96,7 @@ def test_notebook_in_jupyterlab_shows_live_curves_widgets_and_the_venv_kernel(la
     params.source += "\n" + "\n".join(f"{k} = {v!r}" for k, v in dict(PARAMS, out_dir=str(run_dir)).items())
     nbformat.write(nb, run_dir / "notebook.ipynb")
     rel = (run_dir / "notebook.ipynb").relative_to(ROOT)
-    shots, seen = [], []
+    shots, seen, widgets = [], [], 0
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
@@ -119,11 +119,10 @@ def test_notebook_in_jupyterlab_shows_live_curves_widgets_and_the_venv_kernel(la
                     if not seen:
                         assert "epoch   1 " not in text, "the figure appears within the first epoch, not after it"
                     seen.append(imgs[-1])
-                    if len(shots) < 2:
-                        shots.append(run_dir / f"jupyterlab-live-{len(shots) + 1}.png")
-                        page.screenshot(path=str(shots[-1]), full_page=False)
-                        widgets = page.locator(".jp-OutputArea .widget-progress, .jp-OutputArea .progress-bar").count()
-                        assert widgets >= 1, "the tqdm progress bar renders as a widget while training"
+                    shot = run_dir / f"jupyterlab-live-{min(len(seen), 3)}.png"  # 1, 2, then the latest
+                    page.screenshot(path=str(shot), full_page=False)
+                    shots.append(shot)
+                    widgets += page.locator(".jp-OutputArea .widget-progress, .jp-OutputArea .progress-bar").count()
                 if started and not running:
                     break
                 time.sleep(0.1)
@@ -134,6 +133,7 @@ def test_notebook_in_jupyterlab_shows_live_curves_widgets_and_the_venv_kernel(la
             body = page.evaluate("() => document.body.textContent")  # offscreen cells too
         finally:
             browser.close()
+    assert widgets >= 1, "the tqdm progress bar renders as a widget while training"
     assert len(seen) >= 2, f"the live figure changed {len(seen)} time(s) while training; expected several"
     assert len(imgs) == 1, f"the training cell shows {len(imgs)} images; one figure updated in place"
     final = base64.b64decode(imgs[0].split(",", 1)[1])

@@ -4,49 +4,26 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-import torch
 
 import checkpoint
-from conftest import ROOT
+from conftest import finished_run, start_train_py, train_py, wait_for, without_timing
 
 SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--quiet", "--device", "cpu",
          "--precision", "fp32"]
-TIMING = {"seconds", "eval_seconds"}
-
-
-def train(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, **(env or {})), timeout=300, **kw)
-
-
-def start(*args):
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(path, p, timeout=120):
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert p.poll() is None, p.communicate()
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
+train, start = train_py, start_train_py
 
 
 def history(run_dir):
     m = json.loads((run_dir / "metrics.json").read_text())
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in m["history"]], m["test_acc"]
+    return without_timing(m["history"]), m["test_acc"]
 
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    out = tmp_path_factory.mktemp("straight")
-    r = train(*SMALL, "--epochs", "3", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    return out
+    return finished_run(tmp_path_factory, *SMALL, "--epochs", "3")
 
 
 def test_a_second_run_into_a_live_run_directory_stops_at_once_naming_it(tmp_path, straight):

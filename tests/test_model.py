@@ -1,10 +1,13 @@
 """Model: patches, shapes for K in {2,4,7}, the seed preset layer by layer, and clear errors."""
+import json
+
 import pytest
 import torch
 from torch import nn
 
+from conftest import ROOT
 from model import Dropout, MixerBlock, MLPNet, ModelConfig, SeedBlock, count_params, patchify, unpatchify
-from recipe import PRESETS, Recipe, get_preset
+from recipe import PRESETS, get_preset
 
 
 def get_config(preset, **overrides):
@@ -124,6 +127,10 @@ def test_config_overrides_are_type_checked():
 
 
 def test_model_config_holds_the_architecture_and_recipe_the_training():
+    long_model, long_recipe = get_preset("long")
+    trial = json.loads((ROOT / "results" / "trials" / "k7-d128-L2-aug-40ep.json").read_text())
+    assert json.loads(json.dumps([long_model.to_dict(), long_recipe.to_dict()])) == [trial["model"], trial["recipe"]], \
+        "`long` is exactly the measured trial README reports"
     model, recipe = get_preset("quick", patch=7, epochs=3, erase=0.25)
     assert model.patch == 7 and recipe.epochs == 3 and recipe.erase == 0.25
     assert "epochs" not in model.to_dict() and "patch" not in recipe.to_dict()
@@ -154,3 +161,16 @@ def test_seed_schedule_matches_the_originals_plateau_scheduler_fed_a_constant():
     assert ours[::2] == pytest.approx(original, rel=1e-9) and ours[1::2] == pytest.approx(original, rel=1e-9)
     assert original[51] == 1e-3 and original[52] == pytest.approx(1e-4) and original[-1] == pytest.approx(1e-6)
     assert [e + 1 for e in range(1, 200) if original[e] < original[e - 1]] == [53, 104, 155]
+
+
+@pytest.mark.parametrize("preset", ["seed", "quick", "long", "best"])
+def test_every_preset_learns_on_a_subset(preset):
+    """Two short epochs of each preset's own recipe on 2,000 images (best: its 5 warm-up epochs cut to half
+    a one): well above chance (10 %)."""
+    import data
+    from loop import Trainer, fit
+    torch.manual_seed(0)
+    model, recipe = get_preset(preset, epochs=2, batch_size=64, warmup_epochs=0.5 if preset == "best" else None)
+    t = Trainer(MLPNet(model), recipe, data.loaders(recipe, train_limit=2000), torch.device("cpu"), "fp32")
+    history = fit(t, log=lambda s: None, progress=False)
+    assert max(r["val_acc"] for r in history) > 0.5, history

@@ -91,3 +91,57 @@ def test_best_probe_extrapolates_a_subset_epoch(tmp_path):
     text = render.render_best_probe(tmp_path)
     assert PRESETS["best"].recipe.epochs == 150
     assert "about 18 min per epoch" in text and "150 epochs would take about 46 hours" in text  # 1100 s x 150
+
+
+def bench_json(**kw):
+    b = dict(reference_img_s=200.0, ours_img_s=300.0, speedup=1.5, mfu=0.3, peak_gflops=100.0, model_gflops=0.05,
+             time_to_90_s=None, epoch_90=None, peak_rss_mb=900.0, hardware="NVIDIA H200", precision="bf16",
+             presets={"default": dict(reference_img_s=None, ours_img_s=5000.0, speedup=None)})
+    b.update(kw)
+    return b
+
+
+def test_bench_without_a_reference_renders_instead_of_crashing(tmp_path):
+    (tmp_path / "bench_gpu.json").write_text(json.dumps(bench_json(reference_img_s=None, speedup=None)))
+    text = render.render_bench_gpu(tmp_path)
+    assert "not measured → 300 img/s" in text and "not measured → 5000 img/s" in text
+
+
+def test_frontier_table_marks_the_best_so_far_and_skips_subset_and_curve_runs(tmp_path):
+    for kind in ("runs", "trials"):
+        (tmp_path / kind).mkdir()
+    fast = run_json("quick", 0, 0.88, command="python train.py --set patch=7")
+    fast.update(train_seconds=60.0)
+    slow_worse = run_json("quick", 0, 0.87, command="python train.py --epochs 3")
+    slow_worse.update(train_seconds=200.0, capped=True)
+    (tmp_path / "trials" / "fast.json").write_text(json.dumps(fast))
+    (tmp_path / "trials" / "slow.json").write_text(json.dumps(slow_worse))
+    (tmp_path / "runs" / "preset.json").write_text(json.dumps(run_json("quick", 1, 0.90)))
+    (tmp_path / "runs" / "subset.json").write_text(json.dumps(run_json("quick", 2, 0.99, train_limit=500)))
+    (tmp_path / "runs" / "curve.json").write_text(json.dumps(run_json("seed", 0, 0.99, curve=True)))
+    rows = render.render_frontier(tmp_path).splitlines()[2:]
+    assert [r.split("|")[1].strip() for r in rows] == ["60", "120", "200"], "sorted by training seconds"
+    assert [r.split("|")[7].strip() for r in rows] == ["★", "★", ""], "best so far: 88 %, then 90 %; 87 % is not"
+    assert "`quick` preset" in rows[1] and "2 (capped)" in rows[2] and "trials/fast.json" in rows[0]
+    render.plot_frontier(tmp_path, tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "trials" / "bad.json").write_text("{")
+    with pytest.raises(render.ResultsError, match="bad.json is not valid JSON"):
+        render.render_frontier(tmp_path)
+
+
+def test_max_seconds_caps_a_trial_and_the_record_says_so(tmp_path):
+    out = tmp_path / "capped"
+    r = subprocess.run([sys.executable, "train.py", "--epochs", "4", "--batch-size", "64", "--train-limit", "640",
+                        "--max-seconds", "0.001", "--quiet", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs"] == 1 and m["capped"] is True and m["max_seconds"] == 0.001 and m["preset_epochs"] == 7
+    r = subprocess.run([sys.executable, "results/render.py", "--record-trial", str(out), "--readme", str(tmp_path / "x.md")],
+                       cwd=ROOT, capture_output=True, text=True)
+    (tmp_path / "x.md").write_text("")
+    kept = ROOT / "results" / "trials" / "capped.json"
+    try:
+        assert json.loads(kept.read_text())["capped"] is True
+    finally:
+        kept.unlink(missing_ok=True)

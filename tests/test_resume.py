@@ -2,48 +2,30 @@
 import json
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 import checkpoint
-from conftest import ROOT
+from conftest import finished_run, start_train_py, train_py, wait_for, without_timing
 from recipe import get_preset
 from train import run
 
 load_checkpoint = checkpoint.load
 
 SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--quiet", "--device", "cpu"]
-TIMING = {"seconds", "eval_seconds"}
-
-
-def train(*args, **kw):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, **kw)
+train = train_py
 
 
 def start_and_wait_for_epoch_1(out, *args):
-    p = subprocess.Popen([sys.executable, "train.py", *SMALL, "--epochs", "2", "--out", str(out), *args],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (out / "last.pt").exists():
-        assert p.poll() is None, p.communicate()
-        assert time.time() < deadline
-        time.sleep(0.02)
+    p = start_train_py(*SMALL, "--epochs", "2", "--out", str(out), *args)
+    wait_for(out / "last.pt", p)
     return p
-
-
-def without_timing(history):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
 
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    out = tmp_path_factory.mktemp("straight")
-    r = train(*SMALL, "--epochs", "2", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    return out
+    return finished_run(tmp_path_factory, *SMALL, "--epochs", "2")
 
 
 def test_sigkill_mid_epoch_then_resume_equals_a_straight_run(straight, tmp_path):

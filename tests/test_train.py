@@ -213,3 +213,18 @@ def test_notebook_runs_top_to_bottom_with_papermill(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 2 and m["train_limit"] == 3000 and 0.5 < m["test_acc"] <= 1
     assert (out / "model.pt").exists() and (out / "curves.png").exists()
+
+
+def test_no_warnings_the_user_did_not_cause(recwarn):
+    """DataLoader workers follow this machine's CPUs (4 on 2 cores made torch warn every epoch), and a 1-epoch
+    run's x axis is not singular (matplotlib warned)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_iter, _ = mu.load_data_fashion_mnist(256)
+        assert train_iter.num_workers == min(4, mu.cpu_workers())
+        next(iter(train_iter))
+        an = mu.Animator(xlabel="epoch", legend=["a"], xlim=[1, 1])
+        an.add(1, 0.5)
+        an.png()
+    assert len(an.axes[0].lines) == 1 and an.axes[0].lines[0].get_marker() == "o", "one point is drawn, as a marker"
