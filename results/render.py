@@ -97,10 +97,12 @@ def render_bench_gpu(folder: Path) -> str:
 
 
 def render_live_overhead(folder: Path) -> str:
-    o = load(folder / "live_overhead_cpu.json", ("updates", "update_s", "epoch_s", "share", "hardware", "precision",
-                                                  "command", "git_commit"))
-    return (f"**{100 * o['share']:.2f} %** of an epoch: {o['updates']} updates (read the sums, redraw, encode the PNG "
-            f"as Jupyter does) took {o['update_s']:.2f} s of a {o['epoch_s']:.1f} s `{o.get('preset', 'quick')}` epoch "
+    o = load(folder / "live_overhead_cpu.json", ("updates", "sync_s", "sync_share", "update_s", "epoch_s", "share",
+                                                  "hardware", "precision", "command", "git_commit"))
+    return (f"**{100 * o['sync_share']:.3f} %** of a {o['epoch_s']:.1f} s `{o.get('preset', 'quick')}` epoch: "
+            f"{o['updates']} extra reads, {1e3 * o['sync_s']:.2f} ms. Redrawing the figure and encoding it as PNG each "
+            f"time (what Jupyter's in-place update needs; `train.py` outside Jupyter does not encode) costs more: "
+            f"{o['update_s']:.2f} s, **{100 * o['share']:.2f} %** of the epoch "
             f"(`{o['command']}`, {o['hardware']}, {o['precision']}, commit {str(o['git_commit'])[:7]}).")
 
 
