@@ -110,10 +110,10 @@ def test_bench_without_a_reference_renders_instead_of_crashing(tmp_path):
 def test_frontier_table_marks_the_best_so_far_and_skips_subset_and_curve_runs(tmp_path):
     for kind in ("runs", "trials"):
         (tmp_path / kind).mkdir()
-    fast = run_json("quick", 0, 0.88, command="python train.py --set patch=7")
-    fast.update(train_seconds=60.0)
-    slow_worse = run_json("quick", 0, 0.87, command="python train.py --epochs 3")
-    slow_worse.update(train_seconds=200.0, capped=True)
+    fast = run_json("quick", 0, 0.88)
+    fast.update(train_seconds=60.0, command="python train.py --set patch=7")
+    slow_worse = run_json("quick", 0, 0.87)
+    slow_worse.update(train_seconds=200.0, capped=True, command="python train.py --epochs 3")
     (tmp_path / "trials" / "fast.json").write_text(json.dumps(fast))
     (tmp_path / "trials" / "slow.json").write_text(json.dumps(slow_worse))
     (tmp_path / "runs" / "preset.json").write_text(json.dumps(run_json("quick", 1, 0.90)))
