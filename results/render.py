@@ -204,13 +204,15 @@ def time_to_90(history) -> str:
 
 
 def render_frontier(folder: Path) -> str:
-    """Test accuracy against training seconds: every recorded run a row, the best so far marked."""
+    """Test accuracy against training seconds: every recorded run a row, the best so far on its own hardware
+    and precision marked."""
     lines = ["| training s | test | validation | preset / trial | epochs | hardware, precision | best so far | file | "
              "first val ≥ 90 % |", "| ---: | ---: | ---: | --- | ---: | --- | :---: | --- | ---: |"]
-    best = -1.0
+    best = {}  # per hardware and precision: seconds on different machines are not comparable
     for r in frontier_points(folder):
-        new = r["test_acc"] > best
-        best = max(best, r["test_acc"])
+        machine = (r["hardware"], r["precision"])
+        new = r["test_acc"] > best.get(machine, -1.0)
+        best[machine] = max(best.get(machine, -1.0), r["test_acc"])
         capped = " (capped)" if r.get("capped") else ""
         who = f"`{r['preset']}` preset" if r["kind"] == "runs" else f"`{r['command']}`"
         lines.append(f"| {r['train_seconds']:.0f} | {pct(r['test_acc'])} | {pct(r['val_acc'])} | {who} | "
