@@ -76,7 +76,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.loss_f = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.test_curve = test_curve
-        self.history, self.best_val, self.best_weights = [], -1.0, None
+        self.history, self.best_val, self.best_epoch, self.best_weights = [], -1.0, 0, None
 
     def fit_epoch(self, epoch, stop, progress=False, on_progress=None) -> dict | None:
         """Train one epoch and validate. Returns its history record, or None if `stop` was requested.
@@ -122,7 +122,7 @@ class Trainer:
             r["test_acc"] = mu.evaluate_accuracy(self.net, self.test_iter, self.device, self.precision)
         self.history.append(r)
         if val_acc > self.best_val:
-            self.best_val = val_acc
+            self.best_val, self.best_epoch = val_acc, epoch
             self.best_weights = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         return r
 
@@ -144,6 +144,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], self.train_iter)
         self.history, self.best_val = list(state["history"]), state["best_val_acc"]
+        self.best_epoch = next((r["epoch"] for r in self.history if r["val_acc"] == self.best_val), 0)
         self.best_weights = best_weights
 
     def restore_best(self, log=print):

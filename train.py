@@ -55,7 +55,7 @@ class Checkpointer:
         if self.writer:
             state = dict(trainer.state_dict(), **self.meta)
             try:
-                if trainer.history[-1]["val_acc"] >= trainer.best_val:
+                if trainer.best_epoch == len(trainer.history):  # this epoch is the new best
                     checkpoint.save(self.run_dir / "best.pt", state)
                 checkpoint.save(self.run_dir / "last.pt", state)
             except OSError as e:
@@ -121,12 +121,11 @@ def run(model: ModelConfig | None = None, recipe: Recipe | None = None, *, prese
     dev = hardware.resolve_device(device)
     rank, world, dev = setup_distributed(dev)
     writer = out is not None and rank == 0
-    lock = checkpoint.RunLock(out, command) if writer else None
-    if lock:
-        lock.__enter__()  # a second run into the same directory stops here, naming the live one
-        for tmp in out.glob(".*.tmp"):
-            tmp.unlink()  # left by a crash mid-write; no live writer can own it while we hold the lock
-    try:
+    # A second run into the same directory stops at the lock, naming the live one.
+    with checkpoint.RunLock(out, command) if writer else contextlib.nullcontext():
+        if writer:
+            for tmp in out.glob(".*.tmp"):
+                tmp.unlink()  # left by a crash mid-write; no live writer can own it while we hold the lock
         state = None
         if resume:
             state = resume_state(out, resume_from)
@@ -162,8 +161,8 @@ def run(model: ModelConfig | None = None, recipe: Recipe | None = None, *, prese
         meta = dict(run_id=run_id, preset=preset, seed=seed, train_limit=train_limit, model=model.to_dict(),
                     recipe=recipe.to_dict(), precision=prec)
         saver = Checkpointer(out, meta, writer) if out is not None else None
-        capped = lambda r: max_seconds is not None and sum(h["seconds"] for h in trainer.history) >= max_seconds  # noqa: E731
-        stop_when = lambda r: capped(r) or (until is not None and until(r))  # noqa: E731
+        over_budget = lambda: max_seconds is not None and sum(h["seconds"] for h in trainer.history) >= max_seconds  # noqa: E731
+        stop_when = lambda r: over_budget() or (until is not None and until(r))  # noqa: E731
         on_progress = (lambda x, loss, acc: animator.add(x, (loss, acc, None))) if animator else None
 
         def after_epoch(t):
@@ -183,14 +182,11 @@ def run(model: ModelConfig | None = None, recipe: Recipe | None = None, *, prese
             metrics = save_run(out, net, model, recipe, trainer.history, test_acc, preset=preset, seed=seed,
                                device=dev, precision=prec, train_limit=train_limit, animator=animator,
                                extra=dict(world_size=world, command=command, run_id=run_id,
-                                          capped=bool(trainer.history) and capped(None) and len(trainer.history) < recipe.epochs,
+                                          capped=over_budget() and len(trainer.history) < recipe.epochs,
                                           **({"max_seconds": max_seconds} if max_seconds else {})))
             say(f"best val acc {metrics['val_acc']:.4f} (epoch {metrics['best_epoch']}), test acc {test_acc:.4f}, "
                 f"{metrics['train_seconds']:.0f}s training. Wrote {out}/metrics.json, model.pt, curves.png")
         return Run(net, trainer.history, test_acc, metrics, loaders)
-    finally:
-        if lock:
-            lock.__exit__()
 
 
 def save_run(out_dir, net, model, recipe, history, test_acc, *, preset, seed, device, precision, train_limit=None,
