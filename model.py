@@ -28,7 +28,8 @@ class BlockSpec:
 
 @dataclass
 class ModelConfig:
-    patch: int = 4                      # K: K x K patches, K must divide 28
+    patch: int = 4                      # K: K x K patches (windows)
+    stride: int = 0                     # window step; 0 = K: non-overlapping patches (then K must divide 28)
     dim: int = 128                      # stem output width (features per patch)
     blocks: list[BlockSpec] = field(default_factory=list)
     block: str = "mixer"                # "mixer": MixerBlock | "seed": SeedBlock
@@ -36,6 +37,7 @@ class ModelConfig:
     dropout: float = 0.0                # inside every MLP, after the activation
     drop_path: float = 0.0              # stochastic depth (MixerBlock): chance a residual branch is skipped
     init: str = "default"               # "kaiming": Kaiming-normal Linear weights, as the seed did
+    flip_tta: bool = False              # in eval mode, average the logits of the image and its mirror image
 
     def __post_init__(self):
         self.blocks = [b if isinstance(b, BlockSpec) else BlockSpec(tuple(b["tokens"]), tuple(b["features"]))
@@ -43,13 +45,22 @@ class ModelConfig:
         self.validate()
 
     @property
+    def step(self) -> int:
+        return self.stride or self.patch
+
+    @property
     def num_patches(self) -> int:
-        return (IMAGE_SIZE // self.patch) ** 2
+        return ((IMAGE_SIZE - self.patch) // self.step + 1) ** 2
 
     def validate(self):
         """Raise ValueError naming the bad field and what would fix it."""
-        if self.patch <= 0 or IMAGE_SIZE % self.patch:
-            raise ValueError(f"patch size K={self.patch} must divide {IMAGE_SIZE}: use one of 1, 2, 4, 7, 14, 28")
+        if not self.stride and (self.patch <= 0 or IMAGE_SIZE % self.patch):
+            raise ValueError(f"patch size K={self.patch} must divide {IMAGE_SIZE}: use one of 1, 2, 4, 7, 14, 28, "
+                             f"or set a stride for overlapping windows")
+        if self.stride and not (0 < self.stride <= self.patch <= IMAGE_SIZE and (IMAGE_SIZE - self.patch) % self.stride == 0):
+            fits = [s for s in range(1, self.patch + 1) if 0 < self.patch <= IMAGE_SIZE and (IMAGE_SIZE - self.patch) % s == 0]
+            raise ValueError(f"stride={self.stride} with K={self.patch}: windows must tile the {IMAGE_SIZE}-pixel side "
+                             f"exactly ((28 - K) divisible by the stride, stride <= K); strides that fit: {fits}")
         if self.dim <= 0:
             raise ValueError(f"dim={self.dim} must be positive")
         for name in ("dropout", "drop_path"):
@@ -152,20 +163,27 @@ class FeatureBatchNorm(nn.BatchNorm1d):
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
+def windows(x: torch.Tensor, k: int, stride: int) -> torch.Tensor:
+    """[B, 1, 28, 28] -> [B, N, k*k]: k x k windows every `stride` pixels, row-major (= patchify at stride k)."""
+    return nn.functional.unfold(x if x.dim() == 4 else x.unsqueeze(1), k, stride=stride).transpose(1, 2)
+
+
 class Stem(nn.Module):
-    """Cut into K x K patches, embed each with one Linear (K^2 -> dim), then BatchNorm.
+    """Cut into K x K patches (or overlapping windows, with a stride < K), embed each with one Linear
+    (K^2 -> dim), then BatchNorm.
 
     The seed normalises each patch position (over axis 1, the patches); Mixer blocks bring their own
     LayerNorm, so there a BatchNorm over the features only keeps the stem's output scale in check."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.k = cfg.patch
+        self.k, self.stride = cfg.patch, cfg.step
         self.embed = nn.Linear(cfg.patch ** 2, cfg.dim)
         self.norm = nn.BatchNorm1d(cfg.num_patches) if cfg.block == "seed" else FeatureBatchNorm(cfg.dim)
 
     def forward(self, x):                                   # [B,1,28,28] -> [B, N, dim]
-        return self.norm(self.embed(patchify(x, self.k)))
+        cut = patchify(x, self.k) if self.stride == self.k else windows(x, self.k, self.stride)
+        return self.norm(self.embed(cut))
 
 
 class SeedBlock(nn.Module):
@@ -233,7 +251,10 @@ class MLPNet(nn.Module):
     def forward(self, x):
         if x.dim() not in (3, 4) or tuple(x.shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE) or (x.dim() == 4 and x.shape[1] != 1):
             raise ValueError(f"MLPNet expects images of shape [B,1,28,28] or [B,28,28], got {tuple(x.shape)}")
-        return self.classifier(self.backbone(self.stem(x)))
+        logits = self.classifier(self.backbone(self.stem(x)))
+        if self.cfg.flip_tta and not self.training:   # test-time augmentation, declared in the config
+            logits = (logits + self.classifier(self.backbone(self.stem(x.flip(-1))))) / 2
+        return logits
 
 
 def count_params(net: nn.Module) -> int:

@@ -133,7 +133,7 @@ def _typed(key: str, value, like):
 
 def get_preset(name: str, **overrides) -> tuple[ModelConfig, Recipe]:
     """Fresh copies of a preset's model config and recipe, with any field of either replaced (None values are
-    ignored). A new `patch` resizes every width equal to the old number of patches."""
+    ignored). A new `patch` or `stride` resizes every width equal to the old number of patches."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -142,9 +142,10 @@ def get_preset(name: str, **overrides) -> tuple[ModelConfig, Recipe]:
         raise ValueError(f"unknown config fields {unknown}; known: {sorted(FIELDS['model'] + FIELDS['recipe'])}")
     preset = PRESETS[name]
     model, recipe = preset.model.to_dict(), preset.recipe.to_dict()
-    k = overrides.get("patch")
-    if isinstance(k, int) and k > 0 and IMAGE_SIZE % k == 0 and "blocks" not in overrides:
-        old_n, new_n = preset.model.num_patches, (IMAGE_SIZE // k) ** 2
+    k, step = overrides.get("patch", preset.model.patch), overrides.get("stride", preset.model.stride) or overrides.get("patch", preset.model.patch)
+    if ("patch" in overrides or "stride" in overrides) and "blocks" not in overrides and isinstance(k, int) \
+            and isinstance(step, int) and 0 < step <= k <= IMAGE_SIZE and (IMAGE_SIZE - k) % step == 0:
+        old_n, new_n = preset.model.num_patches, ((IMAGE_SIZE - k) // step + 1) ** 2
         swap = lambda widths: tuple(new_n if w == old_n else w for w in widths)  # noqa: E731
         model["blocks"] = [dict(tokens=swap(b["tokens"]), features=b["features"]) for b in model["blocks"]]
     for key, value in overrides.items():
