@@ -30,7 +30,8 @@ class Recipe:
     warmup_epochs: float = 0.0
     lr_drops: list[int] = field(default_factory=list)  # "step": epochs from which the rate is 10x lower
     label_smoothing: float = 0.0
-    augment: bool = False               # random +-2 px translation and horizontal flip, per image
+    augment: bool = False               # random translation (up to `shift` px) and horizontal flip, per image
+    shift: int = 2                      # augment's largest translation in pixels; 0: flips only
     erase: float = 0.0                  # random-erasing probability per image
     val_size: int = 5000
 
@@ -39,6 +40,8 @@ class Recipe:
         self.validate()
 
     def validate(self):
+        if not 0 <= self.shift <= 8:
+            raise ValueError(f"shift={self.shift} must be 0..8 pixels")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
