@@ -71,6 +71,15 @@ def test_augmentation_is_a_shift_or_flip_of_the_image(arrays):
     assert not torch.equal(A, X)
 
 
+def test_flips_only_mirror_about_half_the_images_and_nothing_else(arrays):
+    X = arrays["train_x"][:2000].unsqueeze(1).float() / 255
+    A = mu.augment_batch(X, torch.Generator().manual_seed(0), shift=0)
+    kept = (A == X).flatten(1).all(1)
+    mirrored = (A == X.flip(-1)).flatten(1).all(1)
+    assert (kept | mirrored).all(), "every image is itself or its mirror image"
+    assert abs((mirrored & ~kept).float().mean().item() - 0.5) < 0.05
+
+
 def test_random_erasing_zeroes_one_rectangle_in_about_p_of_the_images(arrays):
     X = torch.ones(2000, 1, 28, 28)
     E = mu.erase_batch(X, torch.Generator().manual_seed(0), p=0.5)
