@@ -195,7 +195,8 @@ class FastLoader:
     def __init__(self, images, labels, batch_size, shuffle=False, augment=False, erase=0.0, seed=0, device="cpu",
                  shard=(0, 1), shift=2):
         self.images, self.labels = images.to(device), labels.to(device)
-        self.batch_size, self.shuffle, self.augment, self.erase, self.shift = batch_size, shuffle, augment, erase, shift
+        self.batch_size, self.shuffle, self.augment, self.erase = batch_size, shuffle, augment, erase
+        self.shift = shift
         self.generator = torch.Generator().manual_seed(seed)  # same seed on every rank: one shared permutation
         self.rank, self.world = shard  # distributed: rank r takes every world-th index of that permutation
 
@@ -234,8 +235,8 @@ def fashion_mnist_loaders(batch_size, val_size=5000, augment=False, seed=0, devi
     if train_limit:
         train_idx = train_idx[:train_limit]
     mk = lambda x, y, **kw: FastLoader(x, y, batch_size, device=device, **kw)  # noqa: E731
-    return (mk(a["train_x"][train_idx], a["train_y"][train_idx], shuffle=True, augment=augment, erase=erase, shift=shift,
-               seed=seed, shard=shard),
+    return (mk(a["train_x"][train_idx], a["train_y"][train_idx], shuffle=True, augment=augment, erase=erase,
+               shift=shift, seed=seed, shard=shard),
             mk(a["train_x"][val_idx], a["train_y"][val_idx]),
             mk(a["test_x"], a["test_y"]))
 
@@ -243,9 +244,9 @@ def fashion_mnist_loaders(batch_size, val_size=5000, augment=False, seed=0, devi
 def loaders(recipe, seed=0, device="cpu", train_limit=None, root=None, shard=(0, 1)):
     """The (train, val, test) loaders a recipe trains with: its batch size (split over `shard`'s processes),
     validation size and augmentation."""
-    return fashion_mnist_loaders(recipe.batch_size // shard[1], recipe.val_size, augment=recipe.augment, shift=recipe.shift,
-                                 erase=recipe.erase, seed=seed, device=device, train_limit=train_limit,
-                                 root=root, shard=shard)
+    return fashion_mnist_loaders(recipe.batch_size // shard[1], recipe.val_size, augment=recipe.augment,
+                                 shift=recipe.shift, erase=recipe.erase, seed=seed, device=device,
+                                 train_limit=train_limit, root=root, shard=shard)
 
 
 if __name__ == "__main__":

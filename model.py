@@ -40,8 +40,9 @@ class ModelConfig:
     flip_tta: bool = False              # in eval mode, average the logits of the image and its mirror image
 
     def __post_init__(self):
-        self.blocks = [b if isinstance(b, BlockSpec) else BlockSpec(tuple(b["tokens"]), tuple(b["features"]))
-                       for b in self.blocks]
+        if not isinstance(self.blocks, (list, tuple)):
+            raise ValueError(f"blocks must be a list of blocks, {BLOCK_EXAMPLE}; got {self.blocks!r}")
+        self.blocks = [b if isinstance(b, BlockSpec) else _block_spec(b) for b in self.blocks]
         self.validate()
 
     @property
@@ -57,10 +58,11 @@ class ModelConfig:
         if not self.stride and (self.patch <= 0 or IMAGE_SIZE % self.patch):
             raise ValueError(f"patch size K={self.patch} must divide {IMAGE_SIZE}: use one of 1, 2, 4, 7, 14, 28, "
                              f"or set a stride for overlapping windows")
-        if self.stride and not (0 < self.stride <= self.patch <= IMAGE_SIZE and (IMAGE_SIZE - self.patch) % self.stride == 0):
-            fits = [s for s in range(1, self.patch + 1) if 0 < self.patch <= IMAGE_SIZE and (IMAGE_SIZE - self.patch) % s == 0]
-            raise ValueError(f"stride={self.stride} with K={self.patch}: windows must tile the {IMAGE_SIZE}-pixel side "
-                             f"exactly ((28 - K) divisible by the stride, stride <= K); strides that fit: {fits}")
+        tiles = lambda s: 0 < s <= self.patch <= IMAGE_SIZE and (IMAGE_SIZE - self.patch) % s == 0  # noqa: E731
+        if self.stride and not tiles(self.stride):
+            raise ValueError(f"stride={self.stride} with K={self.patch}: windows must tile the {IMAGE_SIZE}-pixel "
+                             f"side exactly ((28 - K) divisible by the stride, stride <= K); strides that fit: "
+                             f"{[s for s in range(1, self.patch + 1) if tiles(s)]}")
         if self.dim <= 0:
             raise ValueError(f"dim={self.dim} must be positive")
         for name in ("dropout", "drop_path"):
@@ -86,6 +88,17 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+BLOCK_EXAMPLE = ('{"tokens": [16, 64, 16], "features": [128, 512, 128]} (three integer widths each, as JSON; '
+                 "on a command line, quote the whole --set value)")
+
+
+def _block_spec(b) -> BlockSpec:
+    ok = lambda w: isinstance(w, (list, tuple)) and len(w) == 3 and all(type(v) is int for v in w)  # noqa: E731
+    if not (isinstance(b, dict) and set(b) == {"tokens", "features"} and ok(b["tokens"]) and ok(b["features"])):
+        raise ValueError(f"a block must look like {BLOCK_EXAMPLE}; got {b!r}")
+    return BlockSpec(tuple(b["tokens"]), tuple(b["features"]))
 
 
 def mixer_blocks(patches: int, dim: int, depth: int, token_hidden: int, feature_hidden: int) -> list[BlockSpec]:

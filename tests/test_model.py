@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from conftest import ROOT
-from model import Dropout, MixerBlock, MLPNet, ModelConfig, SeedBlock, count_params, patchify, unpatchify
+from model import (Dropout, MixerBlock, MLPNet, ModelConfig, SeedBlock, count_params, patchify, unpatchify,
+                   windows)
 from recipe import PRESETS, Recipe, get_preset
 
 
@@ -29,6 +30,39 @@ def test_patch_size_that_does_not_divide_28_is_a_value_error():
         get_config("seed", patch=5)
     with pytest.raises(ValueError, match="must divide"):
         patchify(torch.zeros(1, 1, 28, 28), 5)
+
+
+def test_overlapping_windows_are_the_image_at_a_stride(arrays):
+    X = arrays["train_x"][:4].float().unsqueeze(1)
+    assert torch.equal(windows(X, 4, 4), patchify(X, 4)), "stride K is the non-overlapping patches"
+    W = windows(X, 10, 6)                                    # 4 x 4 windows of 10 x 10, overlapping by 4 pixels
+    assert W.shape == (4, 16, 100)
+    assert torch.equal(W[:, 1].reshape(4, 10, 10), X[:, 0, :10, 6:16])
+    assert torch.equal(W[:, 15].reshape(4, 10, 10), X[:, 0, 18:, 18:])
+    model = get_config("quick", patch=10, stride=6)
+    assert model.num_patches == 16 and model.blocks[0].tokens[0] == 16, "token widths follow the window count"
+    assert MLPNet(model).eval()(X).shape == (4, 10)
+    with pytest.raises(ValueError, match=r"stride=5 with K=10: .* strides that fit: \[1, 2, 3, 6, 9\]"):
+        get_config("quick", patch=10, stride=5, blocks=model.to_dict()["blocks"])
+
+
+def test_flip_tta_averages_the_mirror_images_logits_in_eval_only():
+    torch.manual_seed(0)
+    net = MLPNet(get_config("quick", flip_tta=True)).eval()
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        both = net(x)
+        net.cfg.flip_tta = False
+        plain, mirrored = net(x), net(x.flip(-1))
+        net.cfg.flip_tta = True
+        assert torch.allclose(both, (plain + mirrored) / 2, atol=1e-6)
+        assert not torch.allclose(both, plain, atol=1e-3)
+        net.train()
+        torch.manual_seed(1)
+        train_out = net(x)
+        net.cfg.flip_tta = False
+        torch.manual_seed(1)
+        assert torch.equal(train_out, net(x)), "training sees the image as given"
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -124,26 +158,36 @@ def test_config_overrides_are_type_checked():
         get_config("default", dropout="high")
     with pytest.raises(ValueError, match="augment=1 should be a bool"):
         get_preset("default", augment=1)
+    # what a shell makes of unquoted JSON: a string, not a list of blocks
+    with pytest.raises(ValueError, match=r"blocks must be a list of blocks, \{\"tokens\"") as e:
+        get_preset("default", blocks="[{tokens:[16,64,16],features:[128,384,128]}]")
+    assert "quote the whole --set value" in str(e.value)
+    with pytest.raises(ValueError, match="a block must look like"):
+        get_preset("default", blocks=[{"tokens": [16, 64, 16]}])
+
+
+@pytest.mark.parametrize("preset, trial", [("quick", "k7-d128-fh384-flip-relu-bs128-lr5e-3-15ep"),
+                                           ("long", "k7-d128-relu-bs128-shift1-36ep")])
+def test_presets_are_exactly_the_measured_trials_readme_reports(preset, trial):
+    model, recipe = get_preset(preset)
+    t = json.loads((ROOT / "results" / "trials" / f"{trial}.json").read_text())
+    measured = [ModelConfig(**t["model"]).to_dict(), Recipe(**t["recipe"]).to_dict()]  # later fields: defaults
+    assert json.loads(json.dumps([model.to_dict(), recipe.to_dict()])) == json.loads(json.dumps(measured)), \
+        f"`{preset}` is exactly the trial README reports"
 
 
 def test_model_config_holds_the_architecture_and_recipe_the_training():
-    long_model, long_recipe = get_preset("long")
-    trial = json.loads((ROOT / "results" / "trials" / "k7-d128-L2-aug-40ep.json").read_text())
-    # fields added since the trial take their defaults, which leave the network as it was
-    measured = [ModelConfig(**trial["model"]).to_dict(), Recipe(**trial["recipe"]).to_dict()]
-    assert json.loads(json.dumps([long_model.to_dict(), long_recipe.to_dict()])) == json.loads(json.dumps(measured)), \
-        "`long` is exactly the measured trial README reports"
-    model, recipe = get_preset("quick", patch=7, epochs=3, erase=0.25)
-    assert model.patch == 7 and recipe.epochs == 3 and recipe.erase == 0.25
+    model, recipe = get_preset("quick", patch=4, epochs=3, erase=0.25)
+    assert model.patch == 4 and model.blocks[0].tokens == (49, 64, 49) and recipe.epochs == 3 and recipe.erase == 0.25
     assert "epochs" not in model.to_dict() and "patch" not in recipe.to_dict()
-    assert PRESETS["quick"].recipe.epochs != 3 and PRESETS["quick"].model.patch == 4, "presets are not mutated"
+    assert PRESETS["quick"].recipe.epochs != 3 and PRESETS["quick"].model.patch == 7, "presets are not mutated"
 
 
 def test_mixer_block_is_two_residual_branches_over_layernorm():
     torch.manual_seed(0)
     block = MLPNet(get_config("quick")).backbone[0].eval()
     assert isinstance(block, MixerBlock)
-    x = torch.randn(2, 49, 64)
+    x = torch.randn(2, 16, 128)
     y = x + block.token_mlp(block.norm1(x).transpose(1, 2)).transpose(1, 2)
     assert torch.allclose(block(x), y + block.feature_mlp(block.norm2(y)), atol=1e-6)
 
