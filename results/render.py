@@ -85,6 +85,8 @@ def render_bench(folder: Path, name="bench_cpu.json") -> str:
               else f"{b['time_to_90_s']:.0f} s (epoch {b['epoch_90']})"),
              ("peak RSS of a `default` training run", f"{b['peak_rss_mb']:.0f} MB"),
              ("hardware", b["hardware"])]
+    if b.get("git_commit"):  # `default` is whatever the preset was at this commit
+        rows.append(("commit", f"{b['git_commit'][:7]}"))
     return table(rows)
 
 
@@ -123,19 +125,28 @@ def load_runs(folder: Path) -> list[dict]:
     return [dict(load(f, RUN_KEYS), file=f.name) for f in sorted((folder / "runs").glob("*.json"))]
 
 
+def network(r: dict) -> str:
+    """A run's network in a few words (a preset's name outlives its recipe: the run records which it was)."""
+    m = r.get("model") or r.get("config") or {}
+    if not {"patch", "dim", "blocks"} <= set(m):
+        return "—"
+    return f"K={m['patch']}, width {m['dim']}, {len(m['blocks'])} blocks"
+
+
 def render_presets(folder: Path) -> str:
-    """One row per (preset, recipe, hardware) in results/runs/: test and validation mean ± std over seeds."""
+    """One row per (preset, network, epochs, hardware) in results/runs/: test and validation mean ± std over seeds."""
     groups = {}
     for r in load_runs(folder):
         if r.get("train_limit") or any("test_acc" in h for h in r["history"]):
             continue  # subset runs and learning-curve runs are reported elsewhere
-        groups.setdefault((r["preset"], r["epochs"], r["hardware"], r["precision"]), []).append(r)
-    lines = ["| preset | epochs | seeds | test accuracy | validation accuracy | training time | hardware | runs (results/runs/) |",
-             "| --- | ---: | --- | --- | --- | ---: | --- | --- |"]
-    for (preset, epochs, hw, prec), rs in sorted(groups.items()):
+        groups.setdefault((r["preset"], network(r), r["epochs"], r["hardware"], r["precision"]), []).append(r)
+    lines = ["| preset | network | epochs | seeds | test accuracy | validation accuracy | training time | hardware | "
+             "runs (results/runs/) |", "| --- | --- | ---: | --- | --- | --- | ---: | --- | --- |"]
+    for (preset, net, epochs, hw, prec), rs in sorted(groups.items()):
         rs.sort(key=lambda r: r["seed"])
-        (te, te_sd), (va, va_sd), (sec, _) = (records.mean_std([r[k] for r in rs]) for k in ("test_acc", "val_acc", "train_seconds"))
-        lines.append(f"| `{preset}` | {epochs} | {', '.join(str(r['seed']) for r in rs)} | "
+        (te, te_sd), (va, va_sd), (sec, _) = (records.mean_std([r[k] for r in rs])
+                                              for k in ("test_acc", "val_acc", "train_seconds"))
+        lines.append(f"| `{preset}` | {net} | {epochs} | {', '.join(str(r['seed']) for r in rs)} | "
                      f"**{100 * te:.2f}** ± {100 * te_sd:.2f} % | {100 * va:.2f} ± {100 * va_sd:.2f} % | "
                      f"{sec:.0f} s | {hw}, {prec} | {', '.join(r['file'].removesuffix('.json') for r in rs)} |")
     return "\n".join(lines)
@@ -214,7 +225,7 @@ def render_frontier(folder: Path) -> str:
         new = r["test_acc"] > best.get(machine, -1.0)
         best[machine] = max(best.get(machine, -1.0), r["test_acc"])
         capped = " (capped)" if r.get("capped") else ""
-        who = f"`{r['preset']}` preset" if r["kind"] == "runs" else f"`{r['command']}`"
+        who = f"`{r['preset']}` preset ({network(r)})" if r["kind"] == "runs" else f"`{r['command']}`"
         lines.append(f"| {r['train_seconds']:.0f} | {pct(r['test_acc'])} | {pct(r['val_acc'])} | {who} | "
                      f"{r['epochs']}{capped} | {r['hardware']}, {r['precision']} | {'★' if new else ''} | {r['file']} | "
                      f"{time_to_90(r['history'])} |")
@@ -260,6 +271,7 @@ def table(rows) -> str:
 
 
 RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": render_bench, "bench_gpu": render_bench_gpu,
+             "bench_avx512": lambda folder: render_bench(folder, "bench_cpu_avx512.json"),
              "profile": render_profile, "live_overhead": render_live_overhead, "presets": render_presets,
              "seed_curve": render_seed_curve, "patch_study": render_patch_study, "best_probe": render_best_probe}
 

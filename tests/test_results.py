@@ -70,6 +70,11 @@ def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_run
     table = render.render_presets(tmp_path)
     assert table.count("| `quick` |") == 1 and "`seed`" not in table
     assert "| 0, 1, 2 | **92.00** ± 1.00 % |" in table
+    # the same preset name with another network (a preset redefined later) is a row of its own
+    older = run_json("quick", 0, 0.80, model=dict(patch=4, dim=64, blocks=[{}] * 4))
+    (runs / "quick-v1.json").write_text(json.dumps(older))
+    table = render.render_presets(tmp_path)
+    assert table.count("| `quick` |") == 2 and "| `quick` | K=4, width 64, 4 blocks | 2 | 0 | **80.00** ± 0.00 % |" in table
     curve = render.render_seed_curve(tmp_path)
     assert "| 1 | 1.0000 | 86.00 % | 85.00 % | 60 |" in curve and "| 2 |" in curve
 
@@ -136,7 +141,8 @@ def test_max_seconds_caps_a_trial_and_the_record_says_so(tmp_path):
                         "--max-seconds", "0.001", "--quiet", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
-    assert m["epochs"] == 1 and m["capped"] is True and m["max_seconds"] == 0.001 and m["preset_epochs"] == 7
+    assert m["epochs"] == 1 and m["capped"] is True and m["max_seconds"] == 0.001 \
+        and m["preset_epochs"] == PRESETS["default"].recipe.epochs
     r = subprocess.run([sys.executable, "results/render.py", "--record-trial", str(out), "--readme", str(tmp_path / "x.md")],
                        cwd=ROOT, capture_output=True, text=True)
     (tmp_path / "x.md").write_text("")
