@@ -119,12 +119,8 @@ def time_to_90(preset, device, precision):
     model, recipe = get_preset(preset)
     history = run(model, recipe, preset=preset, device=device, precision=precision, live=False,
                   log=lambda s: None, progress=False, until=lambda r: r["val_acc"] >= 0.90).history
-    elapsed = 0.0
-    for r in history:
-        elapsed += r["seconds"] + r["eval_seconds"]
-        if r["val_acc"] >= 0.90:
-            return dict(time_to_90_s=elapsed, epoch_90=r["epoch"]), history
-    return dict(time_to_90_s=None, epoch_90=None), history
+    seconds, epoch = records.time_to_accuracy(history, 0.90)
+    return dict(time_to_90_s=seconds, epoch_90=epoch), history
 
 
 def profile_step(preset, device, precision, steps=10, top=8) -> dict:

@@ -161,7 +161,9 @@ def augment_batch(X: torch.Tensor, generator: torch.Generator, shift: int = 2) -
     b, _, h, w = X.shape
     offs = torch.randint(0, 2 * shift + 1, (2, b), generator=generator).to(X.device)
     flip = (torch.rand(b, generator=generator) < 0.5).to(X.device)
-    if shift == 0:  # flips only: a select instead of a gather (a sixth of a training step on a CPU)
+    # flips only: a select instead of a gather (a sixth of a training step on a CPU); `offs` is still drawn, so
+    # the generator's stream, and so every run, is the same as with the gather
+    if shift == 0:
         return torch.where(flip[:, None, None, None], X.flip(-1), X)
     Xp = nn.functional.pad(X, (shift,) * 4)
     rows = (offs[0, :, None] + torch.arange(h, device=X.device))[:, :, None]

@@ -51,18 +51,17 @@ class ModelConfig:
 
     @property
     def num_patches(self) -> int:
-        return ((IMAGE_SIZE - self.patch) // self.step + 1) ** 2
+        return windows_per_side(self.patch, self.stride) ** 2
 
     def validate(self):
         """Raise ValueError naming the bad field and what would fix it."""
-        if not self.stride and (self.patch <= 0 or IMAGE_SIZE % self.patch):
+        if not self.stride and not windows_per_side(self.patch):
             raise ValueError(f"patch size K={self.patch} must divide {IMAGE_SIZE}: use one of 1, 2, 4, 7, 14, 28, "
                              f"or set a stride for overlapping windows")
-        tiles = lambda s: 0 < s <= self.patch <= IMAGE_SIZE and (IMAGE_SIZE - self.patch) % s == 0  # noqa: E731
-        if self.stride and not tiles(self.stride):
+        if self.stride and not windows_per_side(self.patch, self.stride):
             raise ValueError(f"stride={self.stride} with K={self.patch}: windows must tile the {IMAGE_SIZE}-pixel "
                              f"side exactly ((28 - K) divisible by the stride, stride <= K); strides that fit: "
-                             f"{[s for s in range(1, self.patch + 1) if tiles(s)]}")
+                             f"{[s for s in range(1, self.patch + 1) if windows_per_side(self.patch, s)]}")
         if self.dim <= 0:
             raise ValueError(f"dim={self.dim} must be positive")
         for name in ("dropout", "drop_path"):
@@ -88,6 +87,15 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def windows_per_side(patch: int, stride: int = 0) -> int:
+    """How many K x K windows, `stride` pixels apart (0: K, non-overlapping), fit along a side of the image;
+    0 where they do not tile it exactly."""
+    step = stride or patch
+    if not 0 < step <= patch <= IMAGE_SIZE or (IMAGE_SIZE - patch) % step:
+        return 0
+    return (IMAGE_SIZE - patch) // step + 1
 
 
 BLOCK_EXAMPLE = ('{"tokens": [16, 64, 16], "features": [128, 512, 128]} (three integer widths each, as JSON; '

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model import IMAGE_SIZE, BlockSpec, ModelConfig, mixer_blocks
+from model import BlockSpec, ModelConfig, mixer_blocks, windows_per_side
 
 
 @dataclass
@@ -148,11 +148,10 @@ def get_preset(name: str, **overrides) -> tuple[ModelConfig, Recipe]:
         raise ValueError(f"unknown config fields {unknown}; known: {sorted(FIELDS['model'] + FIELDS['recipe'])}")
     preset = PRESETS[name]
     model, recipe = preset.model.to_dict(), preset.recipe.to_dict()
-    k = overrides.get("patch", preset.model.patch)
-    step = overrides.get("stride", preset.model.stride) or k
-    if {"patch", "stride"} & set(overrides) and "blocks" not in overrides and isinstance(k, int) \
-            and isinstance(step, int) and 0 < step <= k <= IMAGE_SIZE and (IMAGE_SIZE - k) % step == 0:
-        old_n, new_n = preset.model.num_patches, ((IMAGE_SIZE - k) // step + 1) ** 2
+    k, stride = overrides.get("patch", preset.model.patch), overrides.get("stride", preset.model.stride)
+    side = windows_per_side(k, stride) if isinstance(k, int) and isinstance(stride, int) else 0
+    if {"patch", "stride"} & set(overrides) and "blocks" not in overrides and side:  # (bad values: validate says)
+        old_n, new_n = preset.model.num_patches, side ** 2
         swap = lambda widths: tuple(new_n if w == old_n else w for w in widths)  # noqa: E731
         model["blocks"] = [dict(tokens=swap(b["tokens"]), features=b["features"]) for b in model["blocks"]]
     for key, value in overrides.items():

@@ -1,4 +1,4 @@
-"""Run records without torch: atomic writes, the git commit, mean ± std, the patch-study table.
+"""Run records without torch: atomic writes, the git commit, mean ± std, time to 90 %, the patch-study table.
 
 render.py (beside it) imports only this module, so rendering the README needs no torch; the training code
 imports it as `results.records`.
@@ -72,6 +72,17 @@ def git_commit() -> str | None:
 def mean_std(xs) -> tuple[float, float]:
     xs = list(xs)
     return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def time_to_accuracy(history, acc: float = 0.90) -> tuple[float, int] | tuple[None, None]:
+    """bench.py's time to 90 %: (training + validation seconds, epoch) up to the first epoch whose validation
+    accuracy reaches `acc`, from a run's history; (None, None) if none does."""
+    elapsed = 0.0
+    for h in history:
+        elapsed += h["seconds"] + h.get("eval_seconds", 0.0)
+        if h["val_acc"] >= acc:
+            return elapsed, h["epoch"]
+    return None, None
 
 
 def study_table(summary) -> str:

@@ -205,13 +205,8 @@ def frontier_points(folder: Path) -> list[dict]:
 
 
 def time_to_90(history) -> str:
-    """bench.py's measure from a run's history: training + validation seconds until validation first >= 90 %."""
-    elapsed = 0.0
-    for h in history:
-        elapsed += h["seconds"] + h.get("eval_seconds", 0.0)
-        if h["val_acc"] >= 0.90:
-            return f"{elapsed:.0f} s (epoch {h['epoch']})"
-    return "—"
+    seconds, epoch = records.time_to_accuracy(history, 0.90)
+    return "—" if seconds is None else f"{seconds:.0f} s (epoch {epoch})"
 
 
 def render_frontier(folder: Path) -> str:
