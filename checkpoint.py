@@ -54,10 +54,16 @@ def load(path) -> dict:
     return ckpt
 
 
+def evaluated_weights(ckpt: dict):
+    """The weights that were validated: a model.pt's, or a last.pt/best.pt's moving average when its recipe
+    kept one (recipe.ema), else its training weights."""
+    return ckpt.get("state_dict") or (ckpt.get("ema") or {}).get("weights") or ckpt.get("weights")
+
+
 def load_model(path) -> MLPNet:
     """A model.pt (or last.pt/best.pt) as an MLPNet in eval mode."""
     ckpt = load(path)
-    weights = ckpt.get("state_dict", ckpt.get("weights"))
+    weights = evaluated_weights(ckpt)
     if "model" not in ckpt or weights is None:
         raise CheckpointError(f"{path} is not a model.pt written by this repo (it has no model config and weights)")
     net = MLPNet(ModelConfig(**ckpt["model"]))

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 import hardware
@@ -76,6 +77,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.loss_f = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.test_curve = test_curve
+        # With recipe.ema, an exponential moving average of the weights (BatchNorm statistics too) is what is
+        # validated, selected and saved: at a high learning rate it is better than the last step's weights.
+        self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True) \
+            if recipe.ema else None
+        self.evaluated = self.ema.module if self.ema else net
         self.history, self.best_val, self.best_epoch, self.best_weights = [], -1.0, 0, None
 
     def fit_epoch(self, epoch, stop, progress=False, on_progress=None) -> dict | None:
@@ -95,6 +101,8 @@ class Trainer:
             self.scaler.step(self.opt)
             self.scaler.update()
             self.sched.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.net)
             with torch.no_grad():  # no host sync: the sums stay on the device (no tensor is made from the host)
                 sums[0] += loss.detach().float() * len(y)
                 sums[1] += (y_hat.argmax(1) == y).sum()
@@ -114,16 +122,16 @@ class Trainer:
         points.append((float(epoch), loss_sum / count, correct / count))
         seconds = timer.stop()  # training only; validation is timed apart
         timer.start()
-        val_acc = mu.evaluate_accuracy(self.net, self.val_iter, self.device, self.precision) \
+        val_acc = mu.evaluate_accuracy(self.evaluated, self.val_iter, self.device, self.precision) \
             if self.val_iter is not None and self.val_iter.num_examples else float("nan")
         r = dict(epoch=epoch, train_loss=loss_sum / count, train_acc=correct / count, val_acc=val_acc,
                  seconds=seconds, eval_seconds=timer.stop(), lr=lr, images=int(count), points=points)
         if self.test_curve:  # learning curves only: nothing is chosen on it
-            r["test_acc"] = mu.evaluate_accuracy(self.net, self.test_iter, self.device, self.precision)
+            r["test_acc"] = mu.evaluate_accuracy(self.evaluated, self.test_iter, self.device, self.precision)
         self.history.append(r)
         if val_acc > self.best_val:
             self.best_val, self.best_epoch = val_acc, epoch
-            self.best_weights = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            self.best_weights = {k: v.detach().clone() for k, v in self.evaluated.state_dict().items()}
         return r
 
     def _reduced(self, sums) -> list[float]:
@@ -135,20 +143,25 @@ class Trainer:
     def state_dict(self) -> dict:
         return dict(weights=self.net.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
                     scaler=self.scaler.state_dict(), history=self.history, best_val_acc=self.best_val,
-                    rng=rng_state(self.train_iter), epoch=len(self.history))
+                    rng=rng_state(self.train_iter), epoch=len(self.history),
+                    ema=dict(weights=self.ema.module.state_dict(), n=int(self.ema.n_averaged)) if self.ema else None)
 
     def load_state_dict(self, state: dict, best_weights=None):
         self.net.load_state_dict(state["weights"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"]["weights"])
+            self.ema.n_averaged.fill_(state["ema"]["n"])
         set_rng_state(state["rng"], self.train_iter)
         self.history, self.best_val = list(state["history"]), state["best_val_acc"]
         self.best_epoch = next((r["epoch"] for r in self.history if r["val_acc"] == self.best_val), 0)
         self.best_weights = best_weights
 
     def restore_best(self, log=print):
-        """Model selection on validation: keep the weights of the best validation epoch."""
+        """Model selection on validation: keep the weights of the best validation epoch (with recipe.ema, the
+        moving average's), in the network itself."""
         if self.best_weights is not None:
             self.net.load_state_dict(self.best_weights)
             best = max(self.history, key=lambda r: r["val_acc"])

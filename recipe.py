@@ -32,6 +32,8 @@ class Recipe:
     augment: bool = False               # random translation (up to `shift` px) and horizontal flip, per image
     shift: int = 2                      # augment's largest translation in pixels; 0: flips only
     erase: float = 0.0                  # random-erasing probability per image
+    ema: float = 0.0                    # per-step decay of a moving average of the weights that validation,
+                                        # model selection and the saved model use (0: off, the raw weights)
     val_size: int = 5000
 
     def __post_init__(self):
@@ -48,7 +50,7 @@ class Recipe:
             raise ValueError(f"val_size={self.val_size} must be >= 0")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr} must be positive")
-        for name in ("erase", "label_smoothing"):
+        for name in ("erase", "label_smoothing", "ema"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
         for name, allowed in (("optimizer", ("adam", "adamw")), ("schedule", ("none", "cosine", "step"))):

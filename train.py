@@ -155,7 +155,7 @@ def run(model: ModelConfig | None = None, recipe: Recipe | None = None, *, prese
         trainer = Trainer(net, recipe, loaders, dev, prec, compile=compile, test_curve=test_curve)
         if state is not None:
             best = out / "best.pt"
-            trainer.load_state_dict(state, checkpoint.load(best)["weights"] if best.exists() else None)
+            trainer.load_state_dict(state, checkpoint.evaluated_weights(checkpoint.load(best)) if best.exists() else None)
             if animator:
                 mu.draw_history(animator, trainer.history)
         meta = dict(run_id=run_id, preset=preset, seed=seed, train_limit=train_limit, model=model.to_dict(),

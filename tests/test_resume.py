@@ -28,9 +28,17 @@ def straight(tmp_path_factory):
     return finished_run(tmp_path_factory, *SMALL, "--epochs", "2")
 
 
-def test_sigkill_mid_epoch_then_resume_equals_a_straight_run(straight, tmp_path):
+@pytest.fixture(scope="module")
+def straight_ema(tmp_path_factory):
+    return finished_run(tmp_path_factory, *SMALL, "--epochs", "2", "--set", "ema=0.99")
+
+
+@pytest.mark.parametrize("ema", [False, True], ids=["weights", "ema"])
+def test_sigkill_mid_epoch_then_resume_equals_a_straight_run(ema, request, tmp_path):
+    """With recipe.ema the moving average is part of the checkpoint: resuming continues it exactly."""
+    straight = request.getfixturevalue("straight_ema" if ema else "straight")
     out = tmp_path / "killed"
-    p = start_and_wait_for_epoch_1(out)
+    p = start_and_wait_for_epoch_1(out, *(["--set", "ema=0.99"] if ema else []))
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert load_checkpoint(out / "last.pt")["epoch"] == 1, "killed in epoch 2: the epoch-1 checkpoint is intact"
@@ -116,3 +124,14 @@ def test_full_run_directory_fails_before_training(tmp_path):
         assert list((mnt / "run").iterdir()) == [], "no probe or partial file left behind"
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+def test_with_ema_the_moving_average_is_what_is_validated_and_saved(straight_ema):
+    best, last = checkpoint.load(straight_ema / "best.pt"), checkpoint.load(straight_ema / "last.pt")
+    saved = torch.load(straight_ema / "model.pt", weights_only=True)["state_dict"]
+    average, raw = best["ema"]["weights"], best["weights"]
+    assert all(torch.equal(saved[k], average[k]) for k in saved), "model.pt holds the best epoch's average"
+    assert not all(torch.equal(average[k], raw[k]) for k in raw), "the average is not the training weights"
+    assert last["ema"]["n"] == 2 * -(-1500 // 64)  # one update per step: 24 batches x 2 epochs
+    net = checkpoint.load_model(straight_ema / "best.pt")
+    assert all(torch.equal(net.state_dict()[k], average[k]) for k in average)
