@@ -104,12 +104,13 @@ PRESETS: dict[str, Preset] = {
                lr_drops=[53, 104, 155])),
     # The frontier's pick for a 10-minute run of the 2-core development CPU (README: the frontier): 7x7 patches,
     # width 128, two Mixer blocks, ReLU (cheaper than GELU on a CPU), horizontal flips in training and flip
-    # averaging at evaluation, batch 128 (faster per image than 256 here), 15 epochs.
+    # averaging at evaluation, batch 128 (faster per image than 256 here), 15 epochs; a moving average of the
+    # weights (decay 0.998, ~1 epoch) is what is validated: the same end, but 90 % validation ~4 epochs sooner.
     "quick": Preset(
         ModelConfig(patch=7, dim=128, blocks=mixer_blocks(16, 128, depth=2, token_hidden=64, feature_hidden=384),
                     act="relu", flip_tta=True),
         Recipe(epochs=15, batch_size=128, lr=5e-3, weight_decay=0.05, optimizer="adamw", schedule="cosine",
-               warmup_epochs=0.5, label_smoothing=0.1, augment=True, shift=0)),
+               warmup_epochs=0.5, label_smoothing=0.1, augment=True, shift=0, ema=0.998)),
     # The frontier's best measured recipe near 30 minutes of the development CPU: the same kind of network,
     # wider feature MLPs, flips and +-1 px shifts (enough regularisation for 36 epochs).
     "long": Preset(

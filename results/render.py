@@ -126,11 +126,13 @@ def load_runs(folder: Path) -> list[dict]:
 
 
 def network(r: dict) -> str:
-    """A run's network in a few words (a preset's name outlives its recipe: the run records which it was)."""
+    """A run's network in a few words, and whether its weights were a moving average (a preset's name outlives
+    its recipe: the run records which it was)."""
     m = r.get("model") or r.get("config") or {}
     if not {"patch", "dim", "blocks"} <= set(m):
         return "—"
-    return f"K={m['patch']}, width {m['dim']}, {len(m['blocks'])} blocks"
+    ema = (r.get("recipe") or {}).get("ema")
+    return f"K={m['patch']}, width {m['dim']}, {len(m['blocks'])} blocks" + (f", EMA {ema}" if ema else "")
 
 
 def render_presets(folder: Path) -> str:
