@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 import hardware
@@ -62,6 +62,19 @@ class StopOnInterrupt:
             signal.signal(signal.SIGINT, self.previous)
 
 
+def ema_update(decay: float):
+    """AveragedModel's update for an exponential moving average whose decay ramps up as (1 + n) / (10 + n)
+    after n updates (TensorFlow's and timm's warm-up): early on it averages only the last ~n/9 steps, so a
+    short run is not evaluated on weights still close to their initialisation."""
+    @torch.no_grad()
+    def update(averaged: list, current: list, n: torch.Tensor):
+        if not averaged[0].is_floating_point():  # BatchNorm's batch counter
+            return torch._foreach_copy_(averaged, current)
+        n = float(n)
+        torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+    return update
+
+
 class Trainer:
     """A model with its optimiser, schedule and loaders; `history` and the best validation weights.
     `state_dict()` is everything a checkpoint needs to continue bit for bit."""
@@ -79,7 +92,7 @@ class Trainer:
         self.test_curve = test_curve
         # With recipe.ema, an exponential moving average of the weights (BatchNorm statistics too) is what is
         # validated, selected and saved: at a high learning rate it is better than the last step's weights.
-        self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True) \
+        self.ema = AveragedModel(net, multi_avg_fn=ema_update(recipe.ema), use_buffers=True) \
             if recipe.ema else None
         self.evaluated = self.ema.module if self.ema else net
         self.history, self.best_val, self.best_epoch, self.best_weights = [], -1.0, 0, None

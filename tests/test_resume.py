@@ -135,3 +135,15 @@ def test_with_ema_the_moving_average_is_what_is_validated_and_saved(straight_ema
     assert last["ema"]["n"] == 2 * -(-1500 // 64)  # one update per step: 24 batches x 2 epochs
     net = checkpoint.load_model(straight_ema / "best.pt")
     assert all(torch.equal(net.state_dict()[k], average[k]) for k in average)
+
+
+def test_ema_decay_ramps_up_so_short_runs_are_not_stuck_near_initialisation():
+    from loop import ema_update
+    update = ema_update(0.998)
+    for n, expected in ((0, 0.9), (8, 1 - 9 / 18), (10 ** 6, 0.002)):  # weight of the newest step: 1 - decay_n
+        averaged, current = [torch.zeros(3)], [torch.ones(3)]
+        update(averaged, current, torch.tensor(n))
+        assert torch.allclose(averaged[0], torch.full((3,), expected)), (n, averaged[0])
+    counts = [torch.tensor(3)]
+    update(counts, [torch.tensor(7)], torch.tensor(5))
+    assert counts[0].item() == 7, "integer buffers (BatchNorm's counter) are copied, not averaged"
