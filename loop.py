@@ -82,6 +82,12 @@ class Trainer:
     def __init__(self, net, recipe: Recipe, loaders, device, precision, compile=False, test_curve=False):
         self.net, self.recipe, self.device, self.precision = net.to(device), recipe, device, precision
         self.train_iter, self.val_iter, self.test_iter = loaders
+        # With recipe.ema, an exponential moving average of the weights (BatchNorm statistics too) is what is
+        # validated, selected and saved: at a high learning rate it is better than the last step's weights
+        # (copied before DDP wraps the network).
+        self.ema = AveragedModel(net, multi_avg_fn=ema_update(recipe.ema), use_buffers=True) \
+            if recipe.ema else None
+        self.evaluated = self.ema.module if self.ema else net
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if self.world > 1 else net
         self.model = torch.compile(model) if compile else model  # off by default: a 2-core CPU never won it back
@@ -90,11 +96,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.loss_f = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.test_curve = test_curve
-        # With recipe.ema, an exponential moving average of the weights (BatchNorm statistics too) is what is
-        # validated, selected and saved: at a high learning rate it is better than the last step's weights.
-        self.ema = AveragedModel(net, multi_avg_fn=ema_update(recipe.ema), use_buffers=True) \
-            if recipe.ema else None
-        self.evaluated = self.ema.module if self.ema else net
         self.history, self.best_val, self.best_epoch, self.best_weights = [], -1.0, 0, None
 
     def fit_epoch(self, epoch, stop, progress=False, on_progress=None) -> dict | None:
