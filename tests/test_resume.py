@@ -15,6 +15,7 @@ load_checkpoint = checkpoint.load
 
 SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--quiet", "--device", "cpu"]
 train = train_py
+RAW = ["--set", "ema=0"]  # the default preset validates a moving average (recipe.ema); RAW runs do not
 
 
 def start_and_wait_for_epoch_1(out, *args):
@@ -29,16 +30,16 @@ def straight(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def straight_ema(tmp_path_factory):
-    return finished_run(tmp_path_factory, *SMALL, "--epochs", "2", "--set", "ema=0.99")
+def straight_raw(tmp_path_factory):
+    return finished_run(tmp_path_factory, *SMALL, *RAW, "--epochs", "2")
 
 
 @pytest.mark.parametrize("ema", [False, True], ids=["weights", "ema"])
 def test_sigkill_mid_epoch_then_resume_equals_a_straight_run(ema, request, tmp_path):
     """With recipe.ema the moving average is part of the checkpoint: resuming continues it exactly."""
-    straight = request.getfixturevalue("straight_ema" if ema else "straight")
+    straight = request.getfixturevalue("straight" if ema else "straight_raw")
     out = tmp_path / "killed"
-    p = start_and_wait_for_epoch_1(out, *(["--set", "ema=0.99"] if ema else []))
+    p = start_and_wait_for_epoch_1(out, *([] if ema else RAW))
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert load_checkpoint(out / "last.pt")["epoch"] == 1, "killed in epoch 2: the epoch-1 checkpoint is intact"
@@ -126,15 +127,17 @@ def test_full_run_directory_fails_before_training(tmp_path):
         subprocess.run(["umount", str(mnt)])
 
 
-def test_with_ema_the_moving_average_is_what_is_validated_and_saved(straight_ema):
-    best, last = checkpoint.load(straight_ema / "best.pt"), checkpoint.load(straight_ema / "last.pt")
-    saved = torch.load(straight_ema / "model.pt", weights_only=True)["state_dict"]
+def test_with_ema_the_moving_average_is_what_is_validated_and_saved(straight, straight_raw):
+    assert get_preset("default")[1].ema > 0, "the default preset's recipe keeps a moving average"
+    best, last = checkpoint.load(straight / "best.pt"), checkpoint.load(straight / "last.pt")
+    saved = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
     average, raw = best["ema"]["weights"], best["weights"]
     assert all(torch.equal(saved[k], average[k]) for k in saved), "model.pt holds the best epoch's average"
     assert not all(torch.equal(average[k], raw[k]) for k in raw), "the average is not the training weights"
     assert last["ema"]["n"] == 2 * -(-1500 // 64)  # one update per step: 24 batches x 2 epochs
-    net = checkpoint.load_model(straight_ema / "best.pt")
+    net = checkpoint.load_model(straight / "best.pt")
     assert all(torch.equal(net.state_dict()[k], average[k]) for k in average)
+    assert checkpoint.load(straight_raw / "last.pt")["ema"] is None
 
 
 def test_ema_decay_ramps_up_so_short_runs_are_not_stuck_near_initialisation():
