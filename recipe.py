@@ -24,7 +24,7 @@ class Recipe:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 5e-4
-    optimizer: str = "adamw"            # "adam" | "adamw" (no decay on biases and norms)
+    optimizer: str = "adamw"            # "adam" | "adamw" (no decay on biases and norms) | "muon" (MuonAdamW)
     schedule: str = "cosine"            # "none" | "cosine" (per step, after linear warm-up) | "step"
     warmup_epochs: float = 0.0
     lr_drops: list[int] = field(default_factory=list)  # "step": epochs from which the rate is 10x lower
@@ -53,7 +53,7 @@ class Recipe:
         for name in ("erase", "label_smoothing", "ema"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
-        for name, allowed in (("optimizer", ("adam", "adamw")), ("schedule", ("none", "cosine", "step"))):
+        for name, allowed in (("optimizer", ("adam", "adamw", "muon")), ("schedule", ("none", "cosine", "step"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
         if self.lr_drops != sorted(self.lr_drops) or any(e < 2 for e in self.lr_drops):
@@ -75,14 +75,44 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+def _adamw(params, recipe: Recipe):
+    """AdamW without weight decay on biases and norm parameters (1-D tensors)."""
+    return torch.optim.AdamW([{"params": [p for p in params if p.dim() > 1], "weight_decay": recipe.weight_decay},
+                              {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}], lr=recipe.lr)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon (momentum orthogonalised by Newton-Schulz iterations; torch.optim.Muon) for the backbone's weight
+    matrices, AdamW for the rest (stem, head, biases, norms), as Muon's authors prescribe. Muon's step is
+    scaled to AdamW's RMS ("match_rms_adamw"), so one `lr` and `weight_decay` serve both. To the loop, the
+    schedule and checkpoints it is one optimiser: `param_groups` are the two optimisers' own groups."""
+
+    def __init__(self, net, recipe: Recipe):
+        matrices = [p for name, p in net.named_parameters() if name.startswith("backbone.") and p.dim() == 2]
+        rest = [p for p in net.parameters() if all(p is not m for m in matrices)]
+        self.muon = torch.optim.Muon(matrices, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                     adjust_lr_fn="match_rms_adamw")
+        self.adamw = _adamw(rest, recipe)
+        super().__init__(list(net.parameters()), {"lr": recipe.lr})
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.muon.step()
+        self.adamw.step()
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict):
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
 def make_optimizer(net, recipe: Recipe):
-    """Adam(W); with AdamW, no weight decay on biases and norm parameters (1-D tensors)."""
     if recipe.optimizer == "adam":
         return torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    decay = [p for p in net.parameters() if p.dim() > 1]
-    no_decay = [p for p in net.parameters() if p.dim() <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    return MuonAdamW(net, recipe) if recipe.optimizer == "muon" else _adamw(list(net.parameters()), recipe)
 
 
 def make_scheduler(opt, recipe: Recipe, steps_per_epoch: int):
