@@ -1,4 +1,5 @@
-"""Side-by-side training benchmark: the d2l-chapter reference loop vs ours, MFU, time to 90 %, peak memory.
+"""Side-by-side training benchmark: the d2l-chapter reference loop vs ours, MFU, time to 90 % (`default` and
+`sprint`), peak memory.
 
     python bench.py              # full: ~30 min on a 2-core CPU
     python bench.py --quick      # CI-sized: a few batches each, no time-to-90 run
@@ -241,6 +242,9 @@ def main(argv=None):
                             speedup=ours["img_s"] / ref["img_s"] if ref["img_s"] else None,
                             reference_test_acc=ref["test_acc"], ours_test_acc=ours["test_acc"],
                             model_gflops=train_flops_per_image(model) / 1e9, **plan)
+        if recipe.optimizer == "muon":  # what Muon's orthogonalisation costs: the same run with AdamW instead
+            rows[preset]["ours_adamw_img_s"] = ours_run(model, dataclasses.replace(recipe, optimizer="adamw"), device,
+                                                        precision, **plan)["img_s"]
         acc = (f"   test acc after {plan['epochs']} epoch(s): reference {ref['test_acc'] or float('nan'):.4f}, "
                f"ours {ours['test_acc']:.4f}" if "epochs" in plan else "")
         print(f"{preset:>8}: reference {ref['img_s'] or float('nan'):8.0f} img/s   ours {ours['img_s']:8.0f} img/s"
@@ -257,13 +261,16 @@ def main(argv=None):
     if args.quick:
         result.update(time_to_90_s=None, epoch_90=None)
     else:
-        hit, history = time_to_90("default", device, precision)
+        hit, history = time_to_90("default", device, precision)  # what `make run` trains
         result.update(hit, time_to_90_history=history)
+        hit, history = time_to_90("sprint", device, precision)   # the fastest measured route to 90 %
+        result["sprint"] = dict(hit, time_to_90_history=history)
     result["peak_rss_mb"] = peak_rss_mb_of_training(args)
     records.atomic_write(args.out, json.dumps(result, indent=2))
     print(f"peak matmul {peak:.0f} GFLOP/s ({precision}); default preset {d['model_gflops'] * 1e3:.1f} MFLOP "
           f"per training image -> MFU {mfu:.1%}")
-    print(f"time to 90 % val: {result['time_to_90_s']} s (epoch {result['epoch_90']}); "
+    sprint = f", sprint {result['sprint']['time_to_90_s']} s" if "sprint" in result else ""
+    print(f"time to 90 % val: {result['time_to_90_s']} s (epoch {result['epoch_90']}){sprint}; "
           f"peak RSS of a training run {result['peak_rss_mb']:.0f} MB. Wrote {args.out}")
     return result
 

@@ -63,6 +63,11 @@ def speed(ref, ours, speedup, bold=False) -> str:
     return f"{ref:.0f} → {ours:.0f} img/s ({ratio})"
 
 
+def reached(hit: dict) -> str:
+    return ("not reached in its epochs" if hit["time_to_90_s"] is None
+            else f"{hit['time_to_90_s']:.0f} s (epoch {hit['epoch_90']})")
+
+
 def render_bench(folder: Path, name="bench_cpu.json") -> str:
     b = load(folder / name, ("reference_img_s", "ours_img_s", "speedup", "mfu", "peak_gflops",
                              "model_gflops", "time_to_90_s", "peak_rss_mb", "hardware", "precision"))
@@ -77,12 +82,16 @@ def render_bench(folder: Path, name="bench_cpu.json") -> str:
         d = p["default"]
         rows.append(("`default` (= `quick`) network: reference → ours",
                      speed(d["reference_img_s"], d["ours_img_s"], d["speedup"])))
+        if d.get("ours_adamw_img_s"):
+            rows.append(("`default` trained with AdamW instead of Muon (ours)",
+                         f"{d['ours_adamw_img_s']:.0f} img/s (Muon's steps cost "
+                         f"{100 * (d['ours_adamw_img_s'] / d['ours_img_s'] - 1):.0f} % more time)"))
     rows += [("`default` MFU (achieved ÷ measured matmul peak)",
               f"{100 * b['mfu']:.1f} % of {b['peak_gflops']:.0f} GFLOP/s ({b['precision']}), "
               f"{1000 * b['model_gflops']:.1f} MFLOP per training image"),
-             ("time to 90 % validation accuracy, `default` (= `quick`) recipe",
-              "not reached in its epochs" if b["time_to_90_s"] is None
-              else f"{b['time_to_90_s']:.0f} s (epoch {b['epoch_90']})"),
+             ("time to 90 % validation accuracy, `default` (= `quick`) recipe", reached(b)),
+             *([("time to 90 % validation accuracy, `sprint` recipe (3 epochs)", reached(b["sprint"]))]
+               if "sprint" in b else []),
              ("peak RSS of a `default` training run", f"{b['peak_rss_mb']:.0f} MB"),
              ("hardware", b["hardware"])]
     if b.get("git_commit"):  # `default` is whatever the preset was at this commit
@@ -126,13 +135,15 @@ def load_runs(folder: Path) -> list[dict]:
 
 
 def network(r: dict) -> str:
-    """A run's network in a few words, and whether its weights were a moving average (a preset's name outlives
-    its recipe: the run records which it was)."""
+    """A run's network in a few words, whether it trained with Muon and whether its weights were a moving average
+    (a preset's name outlives its recipe: the run records which it was)."""
     m = r.get("model") or r.get("config") or {}
     if not {"patch", "dim", "blocks"} <= set(m):
         return "—"
-    ema = (r.get("recipe") or {}).get("ema")
-    return f"K={m['patch']}, width {m['dim']}, {len(m['blocks'])} blocks" + (f", EMA {ema}" if ema else "")
+    recipe = r.get("recipe") or {}
+    return (f"K={m['patch']}, width {m['dim']}, {len(m['blocks'])} blocks"
+            + (", Muon" if recipe.get("optimizer") == "muon" else "")
+            + (f", EMA {recipe['ema']}" if recipe.get("ema") else ""))
 
 
 def render_presets(folder: Path) -> str:

@@ -28,6 +28,8 @@ def test_bench_quick_writes_valid_json(tmp_path):
     # MFU is the default preset's achieved FLOP/s over the measured matmul peak
     assert b["mfu"] == pytest.approx(b["presets"]["default"]["ours_img_s"] * b["model_gflops"] / b["peak_gflops"])
     assert b["device"] == "cpu" and b["quick"] is True and b["time_to_90_s"] is None
+    d = b["presets"]["default"]  # the default preset trains with Muon: also timed with AdamW, for its cost
+    assert isinstance(d["ours_adamw_img_s"], float) and d["ours_adamw_img_s"] > 0
 
 
 def test_reference_network_uses_torch_dropout():

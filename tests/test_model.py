@@ -167,6 +167,7 @@ def test_config_overrides_are_type_checked():
 
 
 @pytest.mark.parametrize("preset, record", [("quick", "runs/readme-cpu.json"),
+                                            ("sprint", "runs/sprint-cpu-seed0.json"),
                                             ("long", "runs/long-cpu-seed0.json")])
 def test_presets_are_exactly_the_measured_trials_readme_reports(preset, record):
     model, recipe = get_preset(preset)
@@ -209,7 +210,7 @@ def test_seed_schedule_matches_the_originals_plateau_scheduler_fed_a_constant():
     assert [e + 1 for e in range(1, 200) if original[e] < original[e - 1]] == [53, 104, 155]
 
 
-@pytest.mark.parametrize("preset", ["seed", "quick", "long", "best"])
+@pytest.mark.parametrize("preset", ["seed", "quick", "sprint", "long", "best"])
 def test_every_preset_learns_on_a_subset(preset):
     """Two short epochs of each preset's own recipe on 2,000 images (best: its 5 warm-up epochs cut to half
     a one): well above chance (10 %)."""

@@ -80,6 +80,11 @@ def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_run
     (runs / "quick-ema.json").write_text(json.dumps(averaged))
     table = render.render_presets(tmp_path)
     assert table.count("| `quick` |") == 3 and "| `quick` | K=4, width 64, 4 blocks, EMA 0.998 | 2 | 0 | **85.00** ±" in table
+    # ... and the same network trained by another optimiser (recipe.optimizer)
+    muon = run_json("quick", 0, 0.86, model=dict(patch=4, dim=64, blocks=[{}] * 4), recipe=dict(ema=0.998, optimizer="muon"))
+    (runs / "quick-muon.json").write_text(json.dumps(muon))
+    table = render.render_presets(tmp_path)
+    assert table.count("| `quick` |") == 4 and "| `quick` | K=4, width 64, 4 blocks, Muon, EMA 0.998 | 2 | 0 | **86.00** ±" in table
     curve = render.render_seed_curve(tmp_path)
     assert "| 1 | 1.0000 | 86.00 % | 85.00 % | 60 |" in curve and "| 2 |" in curve
 
@@ -115,6 +120,18 @@ def test_bench_without_a_reference_renders_instead_of_crashing(tmp_path):
     (tmp_path / "bench_gpu.json").write_text(json.dumps(bench_json(reference_img_s=None, speedup=None)))
     text = render.render_bench_gpu(tmp_path)
     assert "not measured → 300 img/s" in text and "not measured → 5000 img/s" in text
+
+
+def test_bench_renders_both_times_to_90_and_says_when_one_was_not_reached(tmp_path):
+    b = bench_json(time_to_90_s=52.4, epoch_90=4, sprint=dict(time_to_90_s=None, epoch_90=None),
+                   presets={"default": dict(reference_img_s=None, ours_img_s=4000.0, speedup=None, ours_adamw_img_s=4400.0)})
+    (tmp_path / "bench_gpu.json").write_text(json.dumps(b))
+    text = render.render_bench_gpu(tmp_path)
+    assert "| time to 90 % validation accuracy, `default` (= `quick`) recipe | 52 s (epoch 4) |" in text
+    assert "| time to 90 % validation accuracy, `sprint` recipe (3 epochs) | not reached in its epochs |" in text
+    assert "| `default` trained with AdamW instead of Muon (ours) | 4400 img/s (Muon's steps cost 10 % more time) |" in text
+    (tmp_path / "bench_gpu.json").write_text(json.dumps(bench_json()))
+    assert "`sprint`" not in render.render_bench_gpu(tmp_path), "an older bench without it renders without it"
 
 
 def test_frontier_table_marks_the_best_so_far_and_skips_subset_and_curve_runs(tmp_path):

@@ -15,7 +15,9 @@ load_checkpoint = checkpoint.load
 
 SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--quiet", "--device", "cpu"]
 train = train_py
-RAW = ["--set", "ema=0"]  # the default preset validates a moving average (recipe.ema); RAW runs do not
+# The default preset validates a moving average (recipe.ema) and trains with Muon (recipe.optimizer); RAW runs
+# do neither, so resume is tested with both optimisers' checkpoint states.
+RAW = ["--set", "ema=0", "--set", "optimizer=adamw"]
 
 
 def start_and_wait_for_epoch_1(out, *args):
@@ -34,7 +36,7 @@ def straight_raw(tmp_path_factory):
     return finished_run(tmp_path_factory, *SMALL, *RAW, "--epochs", "2")
 
 
-@pytest.mark.parametrize("ema", [False, True], ids=["weights", "ema"])
+@pytest.mark.parametrize("ema", [False, True], ids=["adamw-weights", "muon-ema"])
 def test_sigkill_mid_epoch_then_resume_equals_a_straight_run(ema, request, tmp_path):
     """With recipe.ema the moving average is part of the checkpoint: resuming continues it exactly."""
     straight = request.getfixturevalue("straight" if ema else "straight_raw")
@@ -137,7 +139,10 @@ def test_with_ema_the_moving_average_is_what_is_validated_and_saved(straight, st
     assert last["ema"]["n"] == 2 * -(-1500 // 64)  # one update per step: 24 batches x 2 epochs
     net = checkpoint.load_model(straight / "best.pt")
     assert all(torch.equal(net.state_dict()[k], average[k]) for k in average)
-    assert checkpoint.load(straight_raw / "last.pt")["ema"] is None
+    raw_last = checkpoint.load(straight_raw / "last.pt")
+    assert raw_last["ema"] is None
+    assert set(last["optimizer"]) == {"muon", "adamw"} and "param_groups" in raw_last["optimizer"], \
+        "the default preset's checkpoint holds MuonAdamW's two states; the RAW run's is AdamW's own"
 
 
 def test_ema_decay_ramps_up_so_short_runs_are_not_stuck_near_initialisation():

@@ -1,0 +1,81 @@
+"""The optimisers of recipe.py: which parameters Muon takes, what its step is, and its checkpoint state."""
+import pytest
+import torch
+
+from model import MLPNet
+from recipe import MuonAdamW, get_preset, make_optimizer, make_scheduler
+
+
+def _net_and_recipe(optimizer="muon", **overrides):
+    torch.manual_seed(0)
+    model, recipe = get_preset("long", optimizer=optimizer, **overrides)
+    return MLPNet(model), recipe
+
+
+def _step(net, opt, sched=None, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+
+
+def test_muon_takes_the_backbones_matrices_and_adamw_the_rest():
+    net, recipe = _net_and_recipe()
+    opt = make_optimizer(net, recipe)
+    assert isinstance(opt, MuonAdamW)
+    names = {id(p): n for n, p in net.named_parameters()}
+    muon = sorted(names[id(p)] for g in opt.muon.param_groups for p in g["params"])
+    adamw = sorted(names[id(p)] for g in opt.adamw.param_groups for p in g["params"])
+    assert muon == sorted(n for n, p in net.named_parameters() if n.startswith("backbone.") and p.dim() == 2)
+    assert len(muon) == 8, "two blocks x (token MLP, feature MLP) x two Linear layers"
+    assert "stem.embed.weight" in adamw and "classifier.head.weight" in adamw
+    assert sorted(muon + adamw) == sorted(names.values()), "every parameter exactly once"
+    assert [g["weight_decay"] for g in opt.adamw.param_groups] == [recipe.weight_decay, 0.0]
+
+
+def test_the_schedule_sets_every_groups_rate():
+    net, recipe = _net_and_recipe(warmup_epochs=1.0)
+    opt = make_optimizer(net, recipe)
+    sched = make_scheduler(opt, recipe, steps_per_epoch=4)
+    _step(net, opt, sched)
+    rates = [g["lr"] for o in (opt.muon, opt.adamw) for g in o.param_groups]
+    assert rates == [pytest.approx(recipe.lr * 2 / 4)] * 3, "warm-up step 2 of 4, in both optimisers"
+
+
+def _first_step_singular_values(optimizer: str):
+    """A first step of the first feature-MLP matrix (512 x 128), without weight decay, divided by the size
+    Muon gives it, lr * 0.2 * sqrt(max(A, B)): its singular values."""
+    net, recipe = _net_and_recipe(weight_decay=0.0, optimizer=optimizer)
+    opt = make_optimizer(net, recipe)
+    w = net.backbone[0].feature_mlp[0].weight
+    before = w.detach().clone()
+    _step(net, opt)
+    return torch.linalg.svdvals((before - w.detach()) / (recipe.lr * 0.2 * max(w.shape) ** 0.5))
+
+
+def test_a_muon_step_is_orthogonalised_and_scaled_to_adamws_rms():
+    """Muon's step is the orthogonalised momentum: Newton-Schulz's quintic takes the singular values to about
+    0.5-1.5 (all but the gradient's near-null directions). AdamW's first step, sign(g), is nothing like it
+    (singular values up to ~17 here): the check can fail."""
+    s = _first_step_singular_values("muon")
+    assert s.max() < 1.6 and s.median() > 0.7 and (s > 0.5).float().mean() > 0.9, s
+    s = _first_step_singular_values("adamw")
+    assert not s.max() < 1.6, s
+
+
+def test_state_dict_round_trip_continues_bit_for_bit():
+    net, recipe = _net_and_recipe()
+    opt = make_optimizer(net, recipe)
+    for seed in (1, 2):
+        _step(net, opt, seed=seed)
+    twin, _ = _net_and_recipe()
+    twin.load_state_dict(net.state_dict())
+    twin_opt = make_optimizer(twin, recipe)
+    twin_opt.load_state_dict(opt.state_dict())
+    assert set(opt.state_dict()) == {"muon", "adamw"}
+    _step(net, opt, seed=3)
+    _step(twin, twin_opt, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), twin.state_dict().values()))
