@@ -108,6 +108,7 @@ class MuonAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state: dict):
         self.muon.load_state_dict(state["muon"])
         self.adamw.load_state_dict(state["adamw"])
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups  # loading made new group dicts
 
 
 def make_optimizer(net, recipe: Recipe):

@@ -1,4 +1,6 @@
 """The optimisers of recipe.py: which parameters Muon takes, what its step is, and its checkpoint state."""
+import io
+
 import pytest
 import torch
 
@@ -67,15 +69,27 @@ def test_a_muon_step_is_orthogonalised_and_scaled_to_adamws_rms():
 
 
 def test_state_dict_round_trip_continues_bit_for_bit():
-    net, recipe = _net_and_recipe()
+    """Optimiser and schedule restored from their state dicts (as a resume does) continue exactly: the
+    schedule still reaches both optimisers' rates (loading replaces their param-group dicts)."""
+    net, recipe = _net_and_recipe(warmup_epochs=4.0)
     opt = make_optimizer(net, recipe)
+    sched = make_scheduler(opt, recipe, steps_per_epoch=2)
     for seed in (1, 2):
-        _step(net, opt, seed=seed)
+        _step(net, opt, sched, seed=seed)
     twin, _ = _net_and_recipe()
     twin.load_state_dict(net.state_dict())
     twin_opt = make_optimizer(twin, recipe)
-    twin_opt.load_state_dict(opt.state_dict())
+    twin_sched = make_scheduler(twin_opt, recipe, steps_per_epoch=2)
+    saved = io.BytesIO()  # through bytes, as a checkpoint: loading would otherwise share the state's tensors
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, saved)
+    saved.seek(0)
+    state = torch.load(saved, weights_only=True)
+    twin_opt.load_state_dict(state["optimizer"])
+    twin_sched.load_state_dict(state["scheduler"])
     assert set(opt.state_dict()) == {"muon", "adamw"}
-    _step(net, opt, seed=3)
-    _step(twin, twin_opt, seed=3)
+    for seed in (3, 4):
+        _step(net, opt, sched, seed=seed)
+        _step(twin, twin_opt, twin_sched, seed=seed)
+    rates = [g["lr"] for o in (twin_opt.muon, twin_opt.adamw) for g in o.param_groups]
+    assert rates == [pytest.approx(recipe.lr * 5 / 8)] * 3, "warm-up step 5 of 8 in both restored optimisers"
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), twin.state_dict().values()))
