@@ -38,6 +38,8 @@ class ModelConfig:
     drop_path: float = 0.0              # stochastic depth (MixerBlock): chance a residual branch is skipped
     init: str = "default"               # "kaiming": Kaiming-normal Linear weights, as the seed did
     flip_tta: bool = False              # in eval mode, average the logits of the image and its mirror image
+    shift_tta: int = 0                  # in eval mode, also average over the image shifted this many px up, down,
+                                        # left and right (zero fill): pays only for networks trained with shifts
 
     def __post_init__(self):
         if not isinstance(self.blocks, (list, tuple)):
@@ -70,6 +72,9 @@ class ModelConfig:
         for name, allowed in (("block", ("mixer", "seed")), ("act", ("relu", "gelu")), ("init", ("default", "kaiming"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        if type(self.shift_tta) is not int or not 0 <= self.shift_tta < IMAGE_SIZE // 2:
+            raise ValueError(f"shift_tta={self.shift_tta!r} must be an integer number of pixels, 0 (off) to "
+                             f"{IMAGE_SIZE // 2 - 1}")
         if self.drop_path and self.block != "mixer":
             raise ValueError("drop_path needs block='mixer': it skips residual branches")
         if not self.blocks:
@@ -272,10 +277,22 @@ class MLPNet(nn.Module):
     def forward(self, x):
         if x.dim() not in (3, 4) or tuple(x.shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE) or (x.dim() == 4 and x.shape[1] != 1):
             raise ValueError(f"MLPNet expects images of shape [B,1,28,28] or [B,28,28], got {tuple(x.shape)}")
-        logits = self.classifier(self.backbone(self.stem(x)))
-        if self.cfg.flip_tta and not self.training:   # test-time augmentation, declared in the config
-            logits = (logits + self.classifier(self.backbone(self.stem(x.flip(-1))))) / 2
-        return logits
+        if self.training:
+            return self.classifier(self.backbone(self.stem(x)))
+        views = [x] + [shift(x, dy, dx) for dy, dx in _moves(self.cfg.shift_tta)]  # test-time augmentation,
+        views += [v.flip(-1) for v in views] if self.cfg.flip_tta else []          # declared in the config
+        return sum(self.classifier(self.backbone(self.stem(v))) for v in views) / len(views)
+
+
+def _moves(s: int) -> list[tuple[int, int]]:
+    return [(s, 0), (-s, 0), (0, s), (0, -s)] if s else []
+
+
+def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Images ([..., H, W]) moved dy px down and dx px right, zero-filled, as training's shifts are."""
+    h, w = x.shape[-2:]
+    p = max(abs(dy), abs(dx))
+    return nn.functional.pad(x, (p,) * 4)[..., p - dy:p - dy + h, p - dx:p - dx + w]
 
 
 def count_params(net: nn.Module) -> int:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from conftest import ROOT
-from model import (Dropout, MixerBlock, MLPNet, ModelConfig, SeedBlock, count_params, patchify, unpatchify,
+from model import (Dropout, MixerBlock, MLPNet, ModelConfig, SeedBlock, count_params, patchify, shift, unpatchify,
                    windows)
 from recipe import PRESETS, Recipe, get_preset
 
@@ -63,6 +63,30 @@ def test_flip_tta_averages_the_mirror_images_logits_in_eval_only():
         net.cfg.flip_tta = False
         torch.manual_seed(1)
         assert torch.equal(train_out, net(x)), "training sees the image as given"
+
+
+def test_shift_tta_averages_the_shifted_and_mirrored_views_in_eval_only():
+    torch.manual_seed(0)
+    x = torch.rand(5, 1, 28, 28)
+    assert torch.equal(shift(x, 1, 0)[..., 1:, :], x[..., :-1, :]) and not shift(x, 1, 0)[..., 0, :].any()
+    assert torch.equal(shift(x, 0, -2)[..., :-2], x[..., 2:]) and not shift(x, 0, -2)[..., -2:].any()
+    net = MLPNet(get_config("quick", flip_tta=True, shift_tta=1)).eval()
+    with torch.no_grad():
+        ten = net(x)
+        net.cfg.flip_tta, net.cfg.shift_tta = False, 0
+        views = [x, shift(x, 1, 0), shift(x, -1, 0), shift(x, 0, 1), shift(x, 0, -1)]
+        assert torch.allclose(ten, sum(net(v) + net(v.flip(-1)) for v in views) / 10, atol=1e-6)
+        assert not torch.allclose(ten, (net(x) + net(x.flip(-1))) / 2, atol=1e-3)
+        net.cfg.shift_tta = 1
+        net.train()
+        torch.manual_seed(1)
+        train_out = net(x)
+        net.cfg.shift_tta = 0
+        torch.manual_seed(1)
+        assert torch.equal(train_out, net(x)), "training sees the image as given"
+    for bad in (-1, 14):
+        with pytest.raises(ValueError, match=rf"shift_tta={bad} must be an integer number of pixels, 0 \(off\) to 13"):
+            get_config("quick", shift_tta=bad)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
