@@ -135,13 +135,14 @@ def load_runs(folder: Path) -> list[dict]:
 
 
 def network(r: dict) -> str:
-    """A run's network in a few words, whether it trained with Muon and whether its weights were a moving average
-    (a preset's name outlives its recipe: the run records which it was)."""
+    """A run's network in a few words, whether it averaged shifted views at evaluation, whether it trained with Muon
+    and whether its weights were a moving average (a preset's name outlives its recipe: the run records which)."""
     m = r.get("model") or r.get("config") or {}
     if not {"patch", "dim", "blocks"} <= set(m):
         return "—"
     recipe = r.get("recipe") or {}
     return (f"K={m['patch']}, width {m['dim']}, {len(m['blocks'])} blocks"
+            + (f", ±{m['shift_tta']} px shift averaging" if m.get("shift_tta") else "")
             + (", Muon" if recipe.get("optimizer") == "muon" else "")
             + (f", EMA {recipe['ema']}" if recipe.get("ema") else ""))
 

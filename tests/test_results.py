@@ -85,6 +85,13 @@ def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_run
     (runs / "quick-muon.json").write_text(json.dumps(muon))
     table = render.render_presets(tmp_path)
     assert table.count("| `quick` |") == 4 and "| `quick` | K=4, width 64, 4 blocks, Muon, EMA 0.998 | 2 | 0 | **86.00** ±" in table
+    # ... and the same network evaluated with shifted views averaged (model.shift_tta)
+    shifts = run_json("quick", 0, 0.87, model=dict(patch=4, dim=64, blocks=[{}] * 4, shift_tta=1),
+                      recipe=dict(ema=0.998, optimizer="muon"))
+    (runs / "quick-tta.json").write_text(json.dumps(shifts))
+    table = render.render_presets(tmp_path)
+    assert table.count("| `quick` |") == 5 and ("| `quick` | K=4, width 64, 4 blocks, ±1 px shift averaging, Muon, "
+                                                "EMA 0.998 | 2 | 0 | **87.00** ±") in table
     curve = render.render_seed_curve(tmp_path)
     assert "| 1 | 1.0000 | 86.00 % | 85.00 % | 60 |" in curve and "| 2 |" in curve
 
