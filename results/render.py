@@ -135,13 +135,16 @@ def load_runs(folder: Path) -> list[dict]:
 
 
 def network(r: dict) -> str:
-    """A run's network in a few words, whether it averaged shifted views at evaluation, whether it trained with Muon
-    and whether its weights were a moving average (a preset's name outlives its recipe: the run records which)."""
+    """A run's network in a few words (with its token MLPs' hidden width), whether it averaged shifted views at
+    evaluation, whether it trained with Muon and whether its weights were a moving average (a preset's name
+    outlives its recipe: the run records which)."""
     m = r.get("model") or r.get("config") or {}
     if not {"patch", "dim", "blocks"} <= set(m):
         return "—"
     recipe = r.get("recipe") or {}
+    token_widths = sorted({b["tokens"][1] for b in m["blocks"] if "tokens" in b})  # the token MLPs' hidden widths
     return (f"K={m['patch']}, width {m['dim']}, {len(m['blocks'])} blocks"
+            + (f", token MLPs {'/'.join(map(str, token_widths))} wide" if token_widths else "")
             + (f", ±{m['shift_tta']} px shift averaging" if m.get("shift_tta") else "")
             + (", Muon" if recipe.get("optimizer") == "muon" else "")
             + (f", EMA {recipe['ema']}" if recipe.get("ema") else ""))

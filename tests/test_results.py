@@ -92,6 +92,11 @@ def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_run
     table = render.render_presets(tmp_path)
     assert table.count("| `quick` |") == 5 and ("| `quick` | K=4, width 64, 4 blocks, ±1 px shift averaging, Muon, "
                                                 "EMA 0.998 | 2 | 0 | **87.00** ±") in table
+    # ... and a network whose token MLPs are narrower (their hidden width)
+    narrow = run_json("quick", 0, 0.88, model=dict(patch=4, dim=64, blocks=[dict(tokens=[49, 16, 49], features=[64, 256, 64])] * 4))
+    (runs / "quick-narrow.json").write_text(json.dumps(narrow))
+    table = render.render_presets(tmp_path)
+    assert table.count("| `quick` |") == 6 and "| `quick` | K=4, width 64, 4 blocks, token MLPs 16 wide | 2 | 0 | **88.00** ±" in table
     curve = render.render_seed_curve(tmp_path)
     assert "| 1 | 1.0000 | 86.00 % | 85.00 % | 60 |" in curve and "| 2 |" in curve
 
