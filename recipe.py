@@ -145,10 +145,11 @@ PRESETS: dict[str, Preset] = {
         Recipe(epochs=15, batch_size=128, lr=5e-3, weight_decay=0.05, optimizer="muon", schedule="cosine",
                warmup_epochs=0.5, label_smoothing=0.1, augment=True, shift=0, ema=0.998)),
     # The frontier's best measured recipe near 30 minutes of the development CPU: the same kind of network with
-    # four blocks whose token MLPs are 16 wide, not 64 (on a CPU those matrix products of inner size 16 run far
-    # below peak: a quarter of the width cut each epoch by a fifth at no measured cost), flips and +-1 px shifts,
-    # Muon, 28 epochs; at evaluation the logits are averaged over the image, its four 1-px shifts and the mirror
-    # images of all five (pays only for a network trained with shifts).
+    # four blocks whose token MLPs are 16 wide, not 64 (their matrix products, of inner size 16, ran far below
+    # the matmul peak of the trials' CPU: a quarter of the width made each epoch a fifth shorter, validating the
+    # same on one seed, and the time bought the fourth block), flips and +-1 px shifts, Muon, 28 epochs; at
+    # evaluation the logits are averaged over the image, its four 1-px shifts and the mirror images of all five
+    # (pays only for a network trained with shifts).
     "long": Preset(
         ModelConfig(patch=7, dim=128, blocks=mixer_blocks(16, 128, depth=4, token_hidden=16, feature_hidden=384),
                     act="relu", flip_tta=True, shift_tta=1),
