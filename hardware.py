@@ -25,11 +25,24 @@ def resolve_device(device="auto") -> torch.device:
     return torch.device(device)
 
 
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")  # what torch's kernels may use
+
+
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run natively. Elsewhere bf16 is emulated and slower than fp32."""
+    """AVX512-BF16 or AMX, and torch's oneDNN kernels allowed to use them (ONEDNN_MAX_CPU_ISA can forbid it):
+    bf16 matmuls run natively. Elsewhere torch emulates them, ~50x slower than fp32 (3.6 against 172 GFLOP/s)."""
     cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere we cannot tell cheaply, so stay in fp32
     flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    onednn_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # torch's own matmul dispatch test
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) and (onednn_bf16 is None or bool(onednn_bf16()))
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products run natively (fast) on `device`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
 
 
 def resolve_precision(device: torch.device, precision="auto") -> str:
@@ -39,7 +52,7 @@ def resolve_precision(device: torch.device, precision="auto") -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def autocast(device: torch.device, precision: str):
@@ -57,7 +70,9 @@ def describe(device: torch.device) -> str:
     flags = set(info.split())
     isa = ("AMX" if "amx_bf16" in flags else "AVX-512+BF16" if "avx512_bf16" in flags else "AVX-512"
            if "avx512f" in flags else "AVX2" if "avx2" in flags else None)
-    return f"{name or sys.platform} ({os.cpu_count()} cores, {torch.get_num_threads()} threads{', ' + isa if isa else ''})"
+    caps = [f"{v}={os.environ[v]}" for v in ISA_CAPS if os.environ.get(v)]  # a capped ISA is part of the machine
+    return (f"{name or sys.platform} ({os.cpu_count()} cores, {torch.get_num_threads()} threads"
+            f"{', ' + isa if isa else ''}{', ' + ', '.join(caps) if caps else ''})")
 
 
 def cpu_workers() -> int:

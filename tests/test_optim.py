@@ -1,11 +1,16 @@
 """The optimisers of recipe.py: which parameters Muon takes, what its step is, and its checkpoint state."""
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import hardware
 from model import MLPNet
-from recipe import MuonAdamW, get_preset, make_optimizer, make_scheduler
+from recipe import Muon, MuonAdamW, get_preset, make_optimizer, make_scheduler, orthogonalise
 
 
 def _net_and_recipe(optimizer="muon", **overrides):
@@ -94,3 +99,51 @@ def test_state_dict_round_trip_continues_bit_for_bit():
     rates = [g["lr"] for o in (twin_opt.muon, twin_opt.adamw) for g in o.param_groups]
     assert rates == [pytest.approx(recipe.lr * 5 / 8)] * 3, "warm-up step 5 of 8 in both restored optimisers"
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), twin.state_dict().values()))
+
+
+def test_our_muon_in_bf16_is_torchs_muon_bit_for_bit():
+    """recipe.Muon exists only to choose the Newton-Schulz dtype; in bf16 it is torch.optim.Muon exactly (wide,
+    tall and square matrices, weight decay, momentum over steps), so runs recorded with torch's reproduce."""
+    torch.manual_seed(0)
+    shapes = [(16, 64), (64, 16), (128, 128)]
+    ours = [torch.nn.Parameter(torch.randn(*s) * 0.1) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    kw = dict(lr=0.01, weight_decay=0.05, adjust_lr_fn="match_rms_adamw")
+    opts = Muon(ours, ns_dtype=torch.bfloat16, **kw), torch.optim.Muon(theirs, **kw)
+    for _ in range(3):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        for opt in opts:
+            opt.step()
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("shape", [(64, 16), (16, 64)])
+def test_newton_schulz_in_fp32_orthogonalises_like_bf16(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    x32, x16 = (orthogonalise(g, (3.4445, -4.775, 2.0315), 5, 1e-7, d) for d in (torch.float32, torch.bfloat16))
+    assert x32.dtype == torch.float32 and x32.shape == g.shape
+    s = torch.linalg.svdvals(x32)
+    assert s.min() > 0.5 and s.max() < 1.6, s
+    assert (x32 - x16.float()).abs().max() < 0.05, "the same iteration; bf16 only rounds"
+
+
+def _ns_dtype_in_a_fresh_process(env: dict) -> str:
+    code = ("import hardware, recipe, torch; from model import MLPNet; m, r = recipe.get_preset('sprint'); "
+            "o = recipe.make_optimizer(MLPNet(m), r); print(o.muon.ns_dtype, hardware.describe(torch.device('cpu')))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[1])
+    return out.stdout
+
+
+def test_newton_schulz_runs_in_fp32_where_bf16_would_be_emulated():
+    """torch emulates bf16 matmuls ~50x slower than fp32 where oneDNN may not use bf16 instructions (an AVX2
+    CPU; here ONEDNN_MAX_CPU_ISA=AVX2 forbids them): there Muon orthogonalises in fp32, and the record's
+    hardware names the cap."""
+    out = _ns_dtype_in_a_fresh_process({"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert out.startswith("torch.float32") and "ONEDNN_MAX_CPU_ISA=AVX2" in out, out
+    native = hardware.native_bf16(torch.device("cpu"))
+    out = _ns_dtype_in_a_fresh_process({})
+    assert out.startswith("torch.bfloat16" if native else "torch.float32") and "ONEDNN" not in out, out
