@@ -28,7 +28,7 @@ import hardware
 import my_utils as mu
 from loop import Trainer, fit
 from model import Dropout, MLPNet, train_flops_per_image
-from recipe import get_preset
+from recipe import Muon, MuonAdamW, get_preset
 from results import records
 from train import run
 
@@ -182,6 +182,43 @@ def live_overhead(device, precision, preset="quick") -> dict:
                 git_commit=records.git_commit(), command="python bench.py --live-overhead")
 
 
+def muon_ns_cost(device, preset="default", steps=20) -> dict:
+    """One Muon step of a preset's backbone matrices (random gradients) with Newton-Schulz in bf16, as
+    torch.optim.Muon always does, and in fp32; and which of the two MuonAdamW takes on this device."""
+    model, recipe = get_preset(preset)
+    opt = MuonAdamW(MLPNet(model).to(device), recipe)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    ms = {}
+    for name in ("bf16", "fp32"):
+        matrices = [p.detach().clone().requires_grad_() for g in opt.muon.param_groups for p in g["params"]]
+        muon = Muon(matrices, ns_dtype=hardware.DTYPES[name], lr=recipe.lr, adjust_lr_fn="match_rms_adamw")
+        for p in matrices:
+            p.grad = torch.randn_like(p)
+        for _ in range(3):
+            muon.step()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            muon.step()
+        sync()
+        ms[name] = (time.perf_counter() - t0) / steps * 1e3
+    gflops = {}  # the three products of one Newton-Schulz iteration on a 128 x 384 feature matrix
+    for name in ("bf16", "fp32"):
+        x = torch.randn(128, 384, device=device, dtype=hardware.DTYPES[name]) / 400
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 0.5:
+            gram = x @ x.T
+            torch.addmm(x, torch.addmm(gram, gram, gram, beta=-4.775, alpha=2.0315), x, beta=3.4445)
+            reps += 1
+        sync()
+        gflops[name] = 2 * (128 * 384 * 128 * 2 + 128 ** 3) * reps / (time.perf_counter() - t0) / 1e9
+    steps_per_epoch = -(-(60_000 - recipe.val_size) // recipe.batch_size)  # Fashion-MNIST's training set
+    return dict(preset=preset, matrices=len(matrices), step_ms=ms, matmul_gflops=gflops, steps_per_epoch=steps_per_epoch,
+                used="bf16" if opt.muon.ns_dtype == torch.bfloat16 else "fp32", device=str(device),
+                hardware=hardware.describe(device), torch=torch.__version__, git_commit=records.git_commit(),
+                command="python bench.py --muon-ns")
+
+
 def peak_rss_mb_of_training(args) -> float:
     """Peak resident memory of one separate `train.py` default run, that child alone (os.wait4's rusage; the
     reference's DataLoader workers are other children and do not count)."""
@@ -208,6 +245,8 @@ def main(argv=None):
                    help="whole epochs of the seed network in both loops, for speed and test accuracy")
     p.add_argument("--live-overhead", action="store_true",
                    help="only measure what the live curves cost within one `quick` epoch (writes it to --out)")
+    p.add_argument("--muon-ns", action="store_true",
+                   help="only time a Muon step with Newton-Schulz in bf16 and in fp32 (writes it to --out)")
     p.add_argument("--profile-only", action="store_true",
                    help="only profile one training step of each preset (writes the profile to --out)")
     args = p.parse_args(argv)
@@ -220,6 +259,12 @@ def main(argv=None):
         print(f"live curves in a {result['epoch_s']:.1f} s epoch: {result['updates']} extra host syncs "
               f"{result['sync_s'] * 1e3:.2f} ms ({result['sync_share']:.3%}); drawing + PNG {result['update_s']:.2f} s "
               f"({result['share']:.2%})")
+        return result
+    if args.muon_ns:
+        result = muon_ns_cost(device)
+        records.atomic_write(args.out, json.dumps(result, indent=2))
+        print(f"a Muon step of {result['matrices']} matrices: {result['step_ms']['bf16']:.1f} ms with bf16 "
+              f"Newton-Schulz, {result['step_ms']['fp32']:.1f} ms with fp32; MuonAdamW uses {result['used']} here")
         return result
     if args.profile_only:
         prof = dict(device=str(device), hardware=hardware.describe(device), precision=precision, torch=torch.__version__,

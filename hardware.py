@@ -30,7 +30,7 @@ ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILIT
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX, and torch's oneDNN kernels allowed to use them (ONEDNN_MAX_CPU_ISA can forbid it):
-    bf16 matmuls run natively. Elsewhere torch emulates them, ~50x slower than fp32 (3.6 against 172 GFLOP/s)."""
+    bf16 matmuls run natively. Elsewhere torch emulates them, ~25x slower than fp32 (bench.py --muon-ns)."""
     cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere we cannot tell cheaply, so stay in fp32
     flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
     onednn_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # torch's own matmul dispatch test

@@ -117,6 +117,25 @@ def render_live_overhead(folder: Path) -> str:
             f"(`{o['command']}`, {o['hardware']}, {o['precision']}, commit {str(o['git_commit'])[:7]}).")
 
 
+def render_muon_ns(folder: Path) -> str:
+    """results/muon_ns_*.json (`bench.py --muon-ns`): a Muon step with bf16 and with fp32 Newton-Schulz."""
+    rows = ["| machine | bf16 Newton-Schulz | fp32 Newton-Schulz | MuonAdamW takes | command, commit |",
+            "| --- | --- | --- | --- | --- |"]
+    for f in sorted(folder.glob("muon_ns_*.json")):
+        m = load(f, ("step_ms", "matmul_gflops", "steps_per_epoch", "used", "preset", "matrices", "hardware",
+                     "command", "git_commit"))
+        def cell(dt):
+            ms = m["step_ms"][dt]
+            return (f"{ms:.1f} ms/step, **{ms * m['steps_per_epoch'] / 1e3:.1f} s** per `{m['preset']}` epoch of "
+                    f"{m['steps_per_epoch']} steps; one iteration's products on a 128×384 matrix at "
+                    f"{m['matmul_gflops'][dt]:.1f} GFLOP/s")
+        rows.append(f"| {m['hardware']} | {cell('bf16')} | {cell('fp32')} | {m['used']} | "
+                    f"`{m['command']}`, {str(m['git_commit'])[:7]} ({f.name}) |")
+    if len(rows) == 2:
+        raise ResultsError(f"no {folder}/muon_ns_*.json; write one with python bench.py --muon-ns --out ...")
+    return "\n".join(rows)
+
+
 def render_profile(folder: Path) -> str:
     prof = load(folder / "profile_cpu.json", ("profiles", "hardware", "precision"))
     rows = []
@@ -284,7 +303,7 @@ def table(rows) -> str:
 
 RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": render_bench, "bench_gpu": render_bench_gpu,
              "bench_avx512": lambda folder: render_bench(folder, "bench_cpu_avx512.json"),
-             "profile": render_profile, "live_overhead": render_live_overhead, "presets": render_presets,
+             "profile": render_profile, "muon_ns": render_muon_ns, "live_overhead": render_live_overhead, "presets": render_presets,
              "seed_curve": render_seed_curve, "patch_study": render_patch_study, "best_probe": render_best_probe}
 
 

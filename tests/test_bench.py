@@ -32,6 +32,22 @@ def test_bench_quick_writes_valid_json(tmp_path):
     assert isinstance(d["ours_adamw_img_s"], float) and d["ours_adamw_img_s"] > 0
 
 
+@pytest.mark.parametrize("cap", [{}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}])
+def test_bench_muon_ns_times_both_dtypes_and_names_the_one_used(tmp_path, cap):
+    """Under an AVX2 cap torch emulates bf16 matmuls: there MuonAdamW must take fp32 (and the record says so)."""
+    import os
+    import hardware
+    out = tmp_path / "muon.json"
+    r = subprocess.run([sys.executable, "bench.py", "--muon-ns", "--device", "cpu", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env={**os.environ, **cap})
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(out.read_text())
+    assert all(isinstance(m["step_ms"][d], float) and m["step_ms"][d] > 0 for d in ("bf16", "fp32"))
+    assert m["matrices"] == 8 and m["steps_per_epoch"] == 430, "quick: 2 blocks x 4 matrices; 55,000 / 128"
+    native = hardware.native_bf16(torch.device("cpu")) and not cap
+    assert m["used"] == ("bf16" if native else "fp32") and ("ONEDNN_MAX_CPU_ISA=AVX2" in m["hardware"]) == bool(cap)
+
+
 def test_reference_network_uses_torch_dropout():
     from bench import with_torch_dropout
     from model import Dropout, MLPNet

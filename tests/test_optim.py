@@ -139,7 +139,7 @@ def _ns_dtype_in_a_fresh_process(env: dict) -> str:
 
 
 def test_newton_schulz_runs_in_fp32_where_bf16_would_be_emulated():
-    """torch emulates bf16 matmuls ~50x slower than fp32 where oneDNN may not use bf16 instructions (an AVX2
+    """torch emulates bf16 matmuls ~25x slower than fp32 where oneDNN may not use bf16 instructions (an AVX2
     CPU; here ONEDNN_MAX_CPU_ISA=AVX2 forbids them): there Muon orthogonalises in fp32, and the record's
     hardware names the cap."""
     out = _ns_dtype_in_a_fresh_process({"ONEDNN_MAX_CPU_ISA": "AVX2"})

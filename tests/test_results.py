@@ -185,3 +185,18 @@ def test_max_seconds_caps_a_trial_and_the_record_says_so(tmp_path):
         assert json.loads(kept.read_text())["capped"] is True
     finally:
         kept.unlink(missing_ok=True)
+
+
+def test_muon_ns_renders_one_row_per_machine_and_refuses_a_malformed_file(tmp_path):
+    m = dict(preset="default", matrices=8, step_ms={"bf16": 85.0, "fp32": 5.0}, matmul_gflops={"bf16": 6.5, "fp32": 174.0},
+             steps_per_epoch=430, used="fp32", hardware="CPU X (AVX2 cap)", command="python bench.py --muon-ns",
+             git_commit="abc1234def")
+    (tmp_path / "muon_ns_cpu_avx2cap.json").write_text(json.dumps(m))
+    (tmp_path / "muon_ns_cpu.json").write_text(json.dumps(dict(m, used="bf16", hardware="CPU X", step_ms={"bf16": 3.0, "fp32": 4.0})))
+    text = render.render_muon_ns(tmp_path)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| CPU X")]
+    assert len(rows) == 2 and rows[0].startswith("| CPU X |") and "| bf16 |" in rows[0] and "| fp32 |" in rows[1]
+    assert "85.0 ms/step, **36.5 s** per `default` epoch of 430 steps" in rows[1] and "6.5 GFLOP/s" in rows[1]
+    (tmp_path / "muon_ns_cpu.json").write_text(json.dumps({"step_ms": {}}))
+    with pytest.raises(render.ResultsError, match="muon_ns_cpu.json lacks"):
+        render.render_muon_ns(tmp_path)
