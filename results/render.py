@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import textwrap
 import sys
 from pathlib import Path
 
@@ -284,7 +285,7 @@ def plot_frontier(folder: Path, png: Path):
             best = max(best, 100 * r["test_acc"])
             xs.append(r["train_seconds"])
             ys.append(best)
-        ax.step(xs, ys, where="post", color=color, label=f"best so far: {m}")
+        ax.step(xs, ys, where="post", color=color, label=textwrap.fill(f"best so far: {m}", 70))
     ax.scatter([], [], marker="*", s=140, color="k", label="preset run (results/runs)")
     ax.scatter([], [], marker="o", s=30, color="k", label="trial (results/trials)")
     for y, label in ANCHORS:
