@@ -118,6 +118,19 @@ def test_our_muon_in_bf16_is_torchs_muon_bit_for_bit():
             opt.step()
     for p, q in zip(ours, theirs):
         assert torch.equal(p, q)
+    # a checkpoint written by torch's Muon (before this class) resumes in ours and continues identically
+    twin = [torch.nn.Parameter(q.detach().clone()) for q in theirs]
+    resumed = Muon(twin, ns_dtype=torch.bfloat16, **kw)
+    saved = io.BytesIO()
+    torch.save(opts[1].state_dict(), saved)  # through bytes, as a checkpoint: no buffer shared with `theirs`
+    saved.seek(0)
+    resumed.load_state_dict(torch.load(saved))
+    for p, q in zip(twin, theirs):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    resumed.step()
+    opts[1].step()
+    assert all(torch.equal(p, q) for p, q in zip(twin, theirs))
 
 
 @pytest.mark.parametrize("shape", [(64, 16), (16, 64)])
