@@ -54,7 +54,7 @@ def test_the_schedule_sets_every_groups_rate():
 
 
 def _first_step_singular_values(optimizer: str):
-    """A first step of the first feature-MLP matrix (512 x 128), without weight decay, divided by the size
+    """A first step of the first feature-MLP matrix (`long`: 256 x 64), without weight decay, divided by the size
     Muon gives it, lr * 0.2 * sqrt(max(A, B)): its singular values."""
     net, recipe = _net_and_recipe(weight_decay=0.0, optimizer=optimizer)
     opt = make_optimizer(net, recipe)
