@@ -28,7 +28,7 @@ import hardware
 import my_utils as mu
 from loop import Trainer, fit
 from model import Dropout, MLPNet, train_flops_per_image
-from recipe import Muon, MuonAdamW, get_preset
+from recipe import Muon, MuonAdamW, get_preset, orthogonalise
 from results import records
 from train import run
 
@@ -202,16 +202,17 @@ def muon_ns_cost(device, preset="default", steps=20) -> dict:
             muon.step()
         sync()
         ms[name] = (time.perf_counter() - t0) / steps * 1e3
-    gflops = {}  # the three products of one Newton-Schulz iteration on a 128 x 384 feature matrix
+    group = opt.muon.param_groups[0]  # the orthogonalisation itself, on a 128 x 384 feature matrix
+    gflops = {}
     for name in ("bf16", "fp32"):
-        x = torch.randn(128, 384, device=device, dtype=hardware.DTYPES[name]) / 400
+        x = torch.randn(128, 384, device=device)
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < 0.5:
-            gram = x @ x.T
-            torch.addmm(x, torch.addmm(gram, gram, gram, beta=-4.775, alpha=2.0315), x, beta=3.4445)
+            orthogonalise(x, group["ns_coefficients"], group["ns_steps"], group["eps"], hardware.DTYPES[name])
             reps += 1
         sync()
-        gflops[name] = 2 * (128 * 384 * 128 * 2 + 128 ** 3) * reps / (time.perf_counter() - t0) / 1e9
+        flops = group["ns_steps"] * 2 * (128 * 384 * 128 * 2 + 128 ** 3)  # per iteration: X X^T, A A, B X
+        gflops[name] = flops * reps / (time.perf_counter() - t0) / 1e9
     steps_per_epoch = -(-(60_000 - recipe.val_size) // recipe.batch_size)  # Fashion-MNIST's training set
     return dict(preset=preset, matrices=len(matrices), step_ms=ms, matmul_gflops=gflops, steps_per_epoch=steps_per_epoch,
                 used="bf16" if opt.muon.ns_dtype == torch.bfloat16 else "fp32", device=str(device),

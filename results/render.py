@@ -128,7 +128,7 @@ def render_muon_ns(folder: Path) -> str:
         def cell(dt):
             ms = m["step_ms"][dt]
             return (f"{ms:.1f} ms/step, **{ms * m['steps_per_epoch'] / 1e3:.1f} s** per `{m['preset']}` epoch of "
-                    f"{m['steps_per_epoch']} steps; one iteration's products on a 128×384 matrix at "
+                    f"{m['steps_per_epoch']} steps; the orthogonalisation of a 128×384 matrix at "
                     f"{m['matmul_gflops'][dt]:.1f} GFLOP/s")
         rows.append(f"| {m['hardware']} | {cell('bf16')} | {cell('fp32')} | {m['used']} | "
                     f"`{m['command']}`, {str(m['git_commit'])[:7]} ({f.name}) |")
@@ -304,7 +304,8 @@ def table(rows) -> str:
 
 RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": render_bench, "bench_gpu": render_bench_gpu,
              "bench_avx512": lambda folder: render_bench(folder, "bench_cpu_avx512.json"),
-             "profile": render_profile, "muon_ns": render_muon_ns, "live_overhead": render_live_overhead, "presets": render_presets,
+             "profile": render_profile, "muon_ns": render_muon_ns, "live_overhead": render_live_overhead,
+             "presets": render_presets,
              "seed_curve": render_seed_curve, "patch_study": render_patch_study, "best_probe": render_best_probe}
 
 
