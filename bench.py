@@ -203,15 +203,16 @@ def muon_ns_cost(device, preset="default", steps=20) -> dict:
         sync()
         ms[name] = (time.perf_counter() - t0) / steps * 1e3
     group = opt.muon.param_groups[0]  # the orthogonalisation itself, on a 128 x 384 feature matrix
+    m, n = 128, 384
+    flops = group["ns_steps"] * 2 * (2 * m * m * n + m ** 3)  # per iteration: X X^T (m x m), A A, B X (m x n)
     gflops = {}
     for name in ("bf16", "fp32"):
-        x = torch.randn(128, 384, device=device)
+        x = torch.randn(m, n, device=device)
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < 0.5:
             orthogonalise(x, group["ns_coefficients"], group["ns_steps"], group["eps"], hardware.DTYPES[name])
             reps += 1
         sync()
-        flops = group["ns_steps"] * 2 * (128 * 384 * 128 * 2 + 128 ** 3)  # per iteration: X X^T, A A, B X
         gflops[name] = flops * reps / (time.perf_counter() - t0) / 1e9
     steps_per_epoch = -(-(60_000 - recipe.val_size) // recipe.batch_size)  # Fashion-MNIST's training set
     return dict(preset=preset, matrices=len(matrices), step_ms=ms, matmul_gflops=gflops, steps_per_epoch=steps_per_epoch,
