@@ -134,19 +134,25 @@ class Trainer:
             raise FloatingPointError(f"epoch {epoch}: the training loss is {loss_sum}; the learning rate "
                                      f"(lr={self.recipe.lr}) is probably too high. The last good checkpoint is kept.")
         points.append((float(epoch), loss_sum / count, correct / count))
-        seconds = timer.stop()  # training only; validation is timed apart
-        timer.start()
-        val_acc = mu.evaluate_accuracy(self.evaluated, self.val_iter, self.device, self.precision) \
-            if self.val_iter is not None and self.val_iter.num_examples else float("nan")
-        r = dict(epoch=epoch, train_loss=loss_sum / count, train_acc=correct / count, val_acc=val_acc,
-                 seconds=seconds, eval_seconds=timer.stop(), lr=lr, images=int(count), points=points)
+        r = dict(epoch=epoch, train_loss=loss_sum / count, train_acc=correct / count, val_acc=None,
+                 seconds=timer.stop(), eval_seconds=0.0, lr=lr, images=int(count), points=points)  # training only
         if self.test_curve:  # learning curves only: nothing is chosen on it
             r["test_acc"] = mu.evaluate_accuracy(self.evaluated, self.test_iter, self.device, self.precision)
         self.history.append(r)
-        if val_acc > self.best_val:
-            self.best_val, self.best_epoch = val_acc, epoch
-            self.best_weights = {k: v.detach().clone() for k, v in self.evaluated.state_dict().items()}
+        if epoch % self.recipe.val_every == 0 or epoch == self.recipe.epochs:
+            self.validate(r)
         return r
+
+    def validate(self, r: dict):
+        """Validate the weights of the epoch just trained (its record `r`), timed apart from training; keep
+        them if they are the best so far."""
+        timer = mu.Timer()
+        r["val_acc"] = mu.evaluate_accuracy(self.evaluated, self.val_iter, self.device, self.precision) \
+            if self.val_iter is not None and self.val_iter.num_examples else float("nan")
+        r["eval_seconds"] = timer.stop()
+        if r["val_acc"] > self.best_val:
+            self.best_val, self.best_epoch = r["val_acc"], r["epoch"]
+            self.best_weights = {k: v.detach().clone() for k, v in self.evaluated.state_dict().items()}
 
     def _reduced(self, sums) -> list[float]:
         if self.world > 1:
@@ -178,8 +184,13 @@ class Trainer:
         moving average's), in the network itself."""
         if self.best_weights is not None:
             self.net.load_state_dict(self.best_weights)
-            best = max(self.history, key=lambda r: r["val_acc"])
-            log(f"restored the weights of epoch {best['epoch']} (best validation accuracy {best['val_acc']:.4f})")
+            log(f"restored the weights of epoch {self.best_epoch} (best validation accuracy {self.best_val:.4f})")
+
+
+def best_record(history: list[dict]) -> dict:
+    """The history record of the model-selection epoch: the best validation accuracy (the first of equals),
+    among the epochs that were validated (`Recipe.val_every`)."""
+    return max((r for r in history if r["val_acc"] is not None), key=lambda r: r["val_acc"])
 
 
 def fit(trainer: Trainer, *, after_epoch=None, on_progress=None, log=print, progress=True, until=None) -> list[dict]:
@@ -197,12 +208,16 @@ def fit(trainer: Trainer, *, after_epoch=None, on_progress=None, log=print, prog
                 trainer.interrupted = epoch
                 log(f"interrupted during epoch {epoch}: stopped after the current batch and dropped that partial epoch")
                 break
+            stopping = until is not None and until(r)
+            if stopping and r["val_acc"] is None:
+                trainer.validate(r)  # the last epoch of a run is always a candidate
             if after_epoch is not None:
                 after_epoch(trainer)
+            val = "   -  " if r["val_acc"] is None else f"{r['val_acc']:.4f}"
             log(f"epoch {epoch:3d}  loss {r['train_loss']:.4f}  train acc {r['train_acc']:.4f}  "
-                f"val acc {r['val_acc']:.4f}  {r['seconds']:.1f}s  "
+                f"val acc {val}  {r['seconds']:.1f}s  "
                 f"({trainer.train_iter.num_examples * trainer.world / r['seconds']:.0f} img/s)")
-            if until is not None and until(r):
+            if stopping:
                 break
     trainer.restore_best(log)
     return trainer.history

@@ -244,7 +244,7 @@ def training_animator(epochs):
 
 
 def draw_history(animator: Animator, history):
-    """Redraw a run's history (resume, save_run): the within-epoch points and every epoch's validation."""
+    """Redraw a run's history (resume, save_run): the within-epoch points and every validated epoch's accuracy."""
     if animator.X is None:
         animator.X, animator.Y = [[], [], []], [[], [], []]
     for r in history:
@@ -252,6 +252,7 @@ def draw_history(animator: Animator, history):
             for i, v in ((0, loss), (1, acc)):
                 animator.X[i].append(x)
                 animator.Y[i].append(v)
-        animator.X[2].append(r["epoch"])
-        animator.Y[2].append(r["val_acc"])
+        if r["val_acc"] is not None:  # None: an epoch not validated (Recipe.val_every)
+            animator.X[2].append(r["epoch"])
+            animator.Y[2].append(r["val_acc"])
     animator.draw()

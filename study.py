@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 import hardware
+from loop import best_record
 from model import MLPNet, count_params, train_flops_per_image
 from recipe import get_preset
 from results import records
@@ -53,7 +54,7 @@ def train_all(presets, patches, seeds, epochs, train_limit, device, precision, j
                     result = run(model, recipe, preset=p, seed=s, device=dev, precision=prec, train_limit=train_limit,
                                  live=False, log=lambda m: None, progress=False, max_seconds=max_seconds)
                     h = result.history
-                    best = max(h, key=lambda e: e["val_acc"])
+                    best = best_record(h)
                     r = dict(preset=p, patch=k, seed=s, epochs=recipe.epochs, train_limit=train_limit, **cost[p, k],
                              sec_per_epoch=statistics.mean(e["seconds"] for e in h), epochs_run=len(h),
                              capped=len(h) < recipe.epochs, best_epoch=best["epoch"], val_acc=best["val_acc"],

@@ -26,7 +26,7 @@ import checkpoint
 import data
 import hardware
 import my_utils as mu
-from loop import Trainer, fit, seed_everything
+from loop import Trainer, best_record, fit, seed_everything
 from model import MLPNet, ModelConfig, count_params
 from recipe import PRESETS, Recipe, get_preset
 from results import records
@@ -36,13 +36,15 @@ from results import records
 
 @dataclass
 class Run:
-    """What `run` returns: the trained net (best validation weights), its history, the test accuracy, and
-    the metrics written to metrics.json (empty without an output directory)."""
+    """What `run` returns: the trained net (best validation weights), its history, the test accuracy, the
+    metrics written to metrics.json (empty without an output directory), the loaders, and the test set's
+    (predictions, labels) from the one pass that gave the test accuracy."""
     net: MLPNet
     history: list
     test_acc: float | None
     metrics: dict = field(default_factory=dict)
     loaders: tuple = ()
+    test_predictions: tuple = ()
 
 
 class Checkpointer:
@@ -176,7 +178,8 @@ def run(model: ModelConfig | None = None, recipe: Recipe | None = None, *, prese
             say(f"{saver.where() if saver else 'nothing was saved (no output directory)'}"
                 + (f"; continue with `python train.py --resume {out}` (notebook: resume = True)" if saver and saver.saved else ""))
             return Run(net, trainer.history, None, loaders=loaders)
-        test_acc = mu.evaluate_accuracy(net, loaders[2], dev, prec)
+        preds, labels = mu.predict(net, loaders[2], dev, prec)  # kept: with view averaging a pass is not cheap
+        test_acc = float((preds == labels).sum()) / len(labels)
         metrics = {}
         if writer:
             metrics = save_run(out, net, model, recipe, trainer.history, test_acc, preset=preset, seed=seed,
@@ -186,7 +189,7 @@ def run(model: ModelConfig | None = None, recipe: Recipe | None = None, *, prese
                                           **({"max_seconds": max_seconds} if max_seconds else {})))
             say(f"best val acc {metrics['val_acc']:.4f} (epoch {metrics['best_epoch']}), test acc {test_acc:.4f}, "
                 f"{metrics['train_seconds']:.0f}s training. Wrote {out}/metrics.json, model.pt, curves.png")
-        return Run(net, trainer.history, test_acc, metrics, loaders)
+        return Run(net, trainer.history, test_acc, metrics, loaders, (preds, labels))
 
 
 def save_run(out_dir, net, model, recipe, history, test_acc, *, preset, seed, device, precision, train_limit=None,
@@ -195,7 +198,7 @@ def save_run(out_dir, net, model, recipe, history, test_acc, *, preset, seed, de
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    best = max(history, key=lambda r: r["val_acc"])
+    best = best_record(history)
     metrics = dict(preset=preset, model=model.to_dict(), recipe=recipe.to_dict(), params=count_params(net),
                    device=str(device), hardware=hardware.describe(device), precision=precision, seed=seed,
                    train_limit=train_limit, epochs=len(history),

@@ -43,7 +43,7 @@ def test_bench_muon_ns_times_both_dtypes_and_names_the_one_used(tmp_path, cap):
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads(out.read_text())
     assert all(isinstance(m["step_ms"][d], float) and m["step_ms"][d] > 0 for d in ("bf16", "fp32"))
-    assert m["matrices"] == 8 and m["steps_per_epoch"] == 430, "quick: 2 blocks x 4 matrices; 55,000 / 128"
+    assert m["matrices"] == 12 and m["steps_per_epoch"] == 430, "quick: 3 blocks x 4 matrices; 55,000 / 128"
     native = hardware.native_bf16(torch.device("cpu")) and not cap
     assert m["used"] == ("bf16" if native else "fp32") and ("ONEDNN_MAX_CPU_ISA=AVX2" in m["hardware"]) == bool(cap)
 

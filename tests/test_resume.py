@@ -13,9 +13,9 @@ from train import run
 
 load_checkpoint = checkpoint.load
 
-SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--quiet", "--device", "cpu"]
+SMALL = ["--preset", "sprint", "--batch-size", "64", "--train-limit", "1500", "--quiet", "--device", "cpu"]
 train = train_py
-# The default preset validates a moving average (recipe.ema) and trains with Muon (recipe.optimizer); RAW runs
+# The sprint preset validates a moving average (recipe.ema) and trains with Muon (recipe.optimizer); RAW runs
 # do neither, so resume is tested with both optimisers' checkpoint states.
 RAW = ["--set", "ema=0", "--set", "optimizer=adamw"]
 
@@ -80,8 +80,8 @@ def test_last_and_best_checkpoints_hold_everything_needed(straight):
     ckpt = load_checkpoint(straight / "last.pt")
     assert ckpt["epoch"] == 2 and len(ckpt["history"]) == 2
     assert {"weights", "optimizer", "scheduler", "rng", "best_val_acc", "model", "recipe", "seed", "run_id"} <= set(ckpt)
-    assert ckpt["model"] == get_preset("default")[0].to_dict()
-    assert ckpt["recipe"] == get_preset("default", batch_size=64, epochs=2)[1].to_dict()
+    assert ckpt["model"] == get_preset("sprint")[0].to_dict()
+    assert ckpt["recipe"] == get_preset("sprint", batch_size=64, epochs=2)[1].to_dict()
     assert {"torch", "python", "numpy", "loader"} <= set(ckpt["rng"])
     best = load_checkpoint(straight / "best.pt")
     assert best["best_val_acc"] == max(r["val_acc"] for r in ckpt["history"])
@@ -130,7 +130,7 @@ def test_full_run_directory_fails_before_training(tmp_path):
 
 
 def test_with_ema_the_moving_average_is_what_is_validated_and_saved(straight, straight_raw):
-    assert get_preset("default")[1].ema > 0, "the default preset's recipe keeps a moving average"
+    assert get_preset("sprint")[1].ema > 0, "the sprint preset's recipe keeps a moving average"
     best, last = checkpoint.load(straight / "best.pt"), checkpoint.load(straight / "last.pt")
     saved = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
     average, raw = best["ema"]["weights"], best["weights"]
@@ -142,7 +142,7 @@ def test_with_ema_the_moving_average_is_what_is_validated_and_saved(straight, st
     raw_last = checkpoint.load(straight_raw / "last.pt")
     assert raw_last["ema"] is None
     assert set(last["optimizer"]) == {"muon", "adamw"} and "param_groups" in raw_last["optimizer"], \
-        "the default preset's checkpoint holds MuonAdamW's two states; the RAW run's is AdamW's own"
+        "the sprint preset's checkpoint holds MuonAdamW's two states; the RAW run's is AdamW's own"
 
 
 def test_ema_decay_ramps_up_so_short_runs_are_not_stuck_near_initialisation():

@@ -14,7 +14,7 @@ import checkpoint
 import data
 import my_utils as mu
 from checkpoint import load_model
-from loop import Trainer, fit
+from loop import Trainer, best_record, fit
 from model import MLPNet, count_params
 from recipe import get_preset
 from conftest import ROOT
@@ -28,7 +28,7 @@ def trainer(model, recipe, train_limit, precision="fp32"):
 
 def test_short_real_training_run_learns(tmp_path):
     torch.manual_seed(0)
-    model, recipe = get_preset("default", epochs=3, batch_size=64)
+    model, recipe = get_preset("sprint", epochs=3, batch_size=64)
     t = trainer(model, recipe, 6000)
     net, te = t.net, t.test_iter
     logs = []
@@ -36,7 +36,7 @@ def test_short_real_training_run_learns(tmp_path):
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert history[2]["train_loss"] < history[1]["train_loss"] < history[0]["train_loss"]
     # 6,000 images, 3 epochs (282 steps): a learning model clears 80 % on held-out data (chance: 10 %).
-    assert max(r["val_acc"] for r in history) > 0.80
+    assert best_record(history)["val_acc"] > 0.80
     assert mu.evaluate_accuracy(net, te) > 0.80
     assert sum("val acc" in line for line in logs) == 3
 
@@ -46,7 +46,7 @@ def test_bf16_autocast_trains_like_fp32():
     accs = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        history = fit(trainer(*get_preset("default", epochs=1, batch_size=64), 3000, precision), log=lambda s: None,
+        history = fit(trainer(*get_preset("sprint", epochs=1, batch_size=64), 3000, precision), log=lambda s: None,
                       progress=False)
         accs[precision] = history[-1]["val_acc"]
     assert accs["fp32"] > 0.5 and abs(accs["bf16"] - accs["fp32"]) < 0.03, accs
@@ -56,7 +56,7 @@ def test_best_validation_epoch_is_restored():
     """Force an earlier best: after epoch 1 the weights are scrambled, so epoch 2 ends worse; the net that fit
     returns must be epoch 1's, not the last."""
     torch.manual_seed(0)
-    t = trainer(*get_preset("default", epochs=2, batch_size=64), 2000)
+    t = trainer(*get_preset("sprint", epochs=2, batch_size=64), 2000)
 
     def scramble(tr):
         if len(tr.history) == 1:
@@ -66,6 +66,22 @@ def test_best_validation_epoch_is_restored():
     history = fit(t, after_epoch=scramble, log=lambda s: None, progress=False)
     assert history[1]["val_acc"] < history[0]["val_acc"] - 0.1, "the scramble made epoch 2 worse"
     assert mu.evaluate_accuracy(t.net, t.val_iter) == pytest.approx(history[0]["val_acc"])
+
+
+def test_val_every_validates_every_nth_epoch_the_last_and_where_a_run_stops():
+    model, recipe = get_preset("sprint", epochs=5, batch_size=64, val_every=2)
+    t = trainer(model, recipe, 1000)
+    history = fit(t, log=lambda s: None, progress=False)
+    assert [r["epoch"] for r in history if r["val_acc"] is not None] == [2, 4, 5], "every 2nd, and the last"
+    assert all(r["eval_seconds"] == 0 for r in history if r["val_acc"] is None)
+    best = best_record(history)
+    assert t.best_epoch == best["epoch"] and mu.evaluate_accuracy(t.net, t.val_iter) == pytest.approx(best["val_acc"])
+    # a run stopped early (a time budget, bench's target) is validated at the epoch where it stops
+    t = trainer(model, recipe, 1000)
+    history = fit(t, log=lambda s: None, progress=False, until=lambda r: r["epoch"] == 3)
+    assert [r["val_acc"] is not None for r in history] == [False, True, True] and t.best_epoch in (2, 3)
+    with pytest.raises(ValueError, match="val_every=0 must be positive"):
+        get_preset("sprint", val_every=0)
 
 
 def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
@@ -170,7 +186,7 @@ def test_train_py_set_overrides_and_test_curve(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"]["patch"] == 7 and m["recipe"]["erase"] == 0.25 and m["epochs"] == 2, "--epochs wins"
-    assert m["model"]["blocks"][0]["tokens"] == [16, 64, 16], "the patch axis follows K"
+    assert m["model"]["blocks"][0]["tokens"] == [16, 16, 16], "the patch axis (49 for K=4) follows K"
     assert m["command"].startswith("python train.py --preset quick") and "--test-curve" in m["command"]
     assert all(0 < h["test_acc"] <= 1 for h in m["history"]), "a test accuracy after every epoch"
     assert m["test_acc"] == next(h["test_acc"] for h in m["history"] if h["epoch"] == m["best_epoch"])
