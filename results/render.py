@@ -198,7 +198,7 @@ def render_seed_curve(folder: Path) -> str:
     r = runs[0]
     lines = [f"`{r['command']}` (seed {r['seed']}, {r['hardware']}, {r['precision']}, commit {str(r['git_commit'])[:7]}):",
              "", "| epoch | train loss | validation | test | seconds |", "| ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {h['epoch']} | {h['train_loss']:.4f} | {100 * h['val_acc']:.2f} % | {100 * h['test_acc']:.2f} % | "
+    lines += [f"| {h['epoch']} | {h['train_loss']:.4f} | {pct(h['val_acc'])} | {pct(h['test_acc'])} | "
               f"{h['seconds']:.0f} |" for h in r["history"]]
     return "\n".join(lines)
 

@@ -101,6 +101,15 @@ def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_run
     assert "| 1 | 1.0000 | 86.00 % | 85.00 % | 60 |" in curve and "| 2 |" in curve
 
 
+def test_seed_curve_marks_an_epoch_that_was_not_validated(tmp_path):
+    (tmp_path / "runs").mkdir()
+    r = run_json("seed", 0, 0.85, curve=True)
+    r["history"][0]["val_acc"] = None  # Recipe.val_every > 1
+    (tmp_path / "runs" / "seed-curve.json").write_text(json.dumps(r))
+    curve = render.render_seed_curve(tmp_path)
+    assert "| 1 | 1.0000 | n/a | 85.00 % | 60 |" in curve and "| 2 | 0.5000 | 87.00 % | 86.00 % | 60 |" in curve
+
+
 def test_a_run_file_missing_fields_is_named(tmp_path):
     (tmp_path / "runs").mkdir()
     bad = run_json("quick", 0, 0.9)
