@@ -25,10 +25,11 @@ BUDGET ?= 600
 
 .PHONY: setup data browser run test lab bench study seeds seed-curve gpu-results trial clean
 
-# Re-installs only when requirements.txt is newer than the last install.
-$(STAMP): requirements.txt
+# Re-installs only when requirements.txt or constraints.txt is newer than the last install. The constraints are
+# the versions the suite last passed with (a fresh clone next year installs those, not whatever is newest).
+$(STAMP): requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -90,7 +90,7 @@ def ours_run(model, recipe, device, precision, batches=None, epochs=1, warmup=5,
     for n in runs:
         r = dataclasses.replace(recipe, epochs=epochs if batches is None else 1, val_size=0)
         limit = n * r.batch_size if n is not None else train_limit
-        loaders = data.loaders(r, device=device, train_limit=limit)
+        loaders = data.loaders(r, device=device, train_limit=limit, eval_limit=train_limit)  # the reference's test images
         torch.manual_seed(0)
         net = MLPNet(model)
         h = fit(Trainer(net, r, loaders, device, precision), log=lambda s: None, progress=False)
@@ -98,6 +98,16 @@ def ours_run(model, recipe, device, precision, batches=None, epochs=1, warmup=5,
     if batches is None:
         out["test_acc"] = mu.evaluate_accuracy(net, loaders[2], device, precision)
     return out
+
+
+def speedup(ours_img_s, reference_img_s) -> float | None:
+    """How many times the reference loop's images per second ours trains (None without a reference)."""
+    return ours_img_s / reference_img_s if reference_img_s else None
+
+
+def mfu(img_s, model_gflops, peak_gflops) -> float:
+    """Model FLOPs utilisation: the training FLOP/s achieved over the measured matmul peak."""
+    return img_s * model_gflops / peak_gflops
 
 
 def matmul_peak_gflops(device, dtype, n=2048, seconds=2.0) -> float:
@@ -228,7 +238,7 @@ def peak_rss_mb_of_training(args) -> float:
         cmd = [sys.executable, "train.py", "--preset", "default", "--epochs", "1", "--quiet", "--out", out,
                "--device", args.device]
         if args.quick:
-            cmd += ["--train-limit", "2048"]
+            cmd += ["--train-limit", "2048", "--eval-limit", "512"]
         p = subprocess.Popen(cmd, cwd=Path(__file__).parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
@@ -286,7 +296,7 @@ def main(argv=None):
         ref = reference_run(model, recipe, device, **plan)
         ours = ours_run(model, recipe, device, precision, **plan)
         rows[preset] = dict(reference_img_s=ref["img_s"], ours_img_s=ours["img_s"],
-                            speedup=ours["img_s"] / ref["img_s"] if ref["img_s"] else None,
+                            speedup=speedup(ours["img_s"], ref["img_s"]),
                             reference_test_acc=ref["test_acc"], ours_test_acc=ours["test_acc"],
                             model_gflops=train_flops_per_image(model) / 1e9, **plan)
         if recipe.optimizer == "muon":  # what Muon's orthogonalisation costs: the same run with AdamW instead
@@ -298,13 +308,13 @@ def main(argv=None):
               f"   speedup {rows[preset]['speedup'] or float('nan'):.2f}x" + acc, flush=True)
     peak = matmul_peak_gflops(device, hardware.DTYPES[precision], seconds=0.5 if args.quick else 2.0)
     d = rows["default"]
-    mfu = d["ours_img_s"] * d["model_gflops"] / peak
+    utilisation = mfu(d["ours_img_s"], d["model_gflops"], peak)
     result = dict(device=str(device), hardware=hardware.describe(device), precision=precision,
                   torch=torch.__version__, python=platform.python_version(), quick=args.quick,
                   git_commit=records.git_commit(), batches=batches,
                   reference_img_s=rows["seed"]["reference_img_s"], ours_img_s=rows["seed"]["ours_img_s"],
                   speedup=rows["seed"]["speedup"], presets=rows, peak_gflops=peak,
-                  model_gflops=d["model_gflops"], mfu=mfu)
+                  model_gflops=d["model_gflops"], mfu=utilisation)
     if args.quick:
         result.update(time_to_90_s=None, epoch_90=None)
     else:
@@ -315,7 +325,7 @@ def main(argv=None):
     result["peak_rss_mb"] = peak_rss_mb_of_training(args)
     records.atomic_write(args.out, json.dumps(result, indent=2))
     print(f"peak matmul {peak:.0f} GFLOP/s ({precision}); default preset {d['model_gflops'] * 1e3:.1f} MFLOP "
-          f"per training image -> MFU {mfu:.1%}")
+          f"per training image -> MFU {utilisation:.1%}")
     sprint = f", sprint {result['sprint']['time_to_90_s']} s" if "sprint" in result else ""
     print(f"time to 90 % val: {result['time_to_90_s']} s (epoch {result['epoch_90']}){sprint}; "
           f"peak RSS of a training run {result['peak_rss_mb']:.0f} MB. Wrote {args.out}")

@@ -6,6 +6,7 @@ what inference needs: the model config and the weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import io
 import json
@@ -61,12 +62,34 @@ def evaluated_weights(ckpt: dict):
 
 
 def load_model(path) -> MLPNet:
-    """A model.pt (or last.pt/best.pt) as an MLPNet in eval mode."""
+    """A model.pt (or last.pt/best.pt) as an MLPNet in eval mode. The config and every tensor's shape are
+    checked before the network is built (a file of a few bytes may declare a terabyte-sized network); each
+    problem is one line of the error."""
     ckpt = load(path)
     weights = evaluated_weights(ckpt)
-    if "model" not in ckpt or weights is None:
+    if not isinstance(ckpt.get("model"), dict) or not isinstance(weights, dict):
         raise CheckpointError(f"{path} is not a model.pt written by this repo (it has no model config and weights)")
-    net = MLPNet(ModelConfig(**ckpt["model"]))
+    problems = []
+    unknown = sorted(set(ckpt["model"]) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        problems.append(f"unknown model config fields {unknown}")
+    try:
+        cfg = ModelConfig(**{k: v for k, v in ckpt["model"].items() if k not in unknown})
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            expected = {k: tuple(v.shape) for k, v in MLPNet(cfg).state_dict().items()}
+    except (TypeError, ValueError) as e:
+        problems.append(str(e))
+        expected = None
+    if expected is not None:
+        held = {k: tuple(v.shape) for k, v in weights.items() if torch.is_tensor(v)}
+        problems += [f"{k}: missing from the file" for k in expected if k not in held]
+        problems += [f"{k}: the file holds {list(held[k])}, the config makes {list(s)}"
+                     for k, s in expected.items() if k in held and held[k] != s]
+        problems += [f"{k}: in the file, not in the network the config makes" for k in held if k not in expected]
+    if problems:
+        raise CheckpointError(f"{path} holds a model config or weights this repo cannot build:\n  "
+                              + "\n  ".join(problems))
+    net = MLPNet(cfg)
     net.load_state_dict(weights)
     return net.eval()
 

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     from results import records
     records.git_commit()
     started = time.time()
-    tiny = ["--epochs", "1", "--train-limit", "512"] if args.dry_run else []
+    tiny = ["--epochs", "1", "--train-limit", "512", "--eval-limit", "256"] if args.dry_run else []
     common = ["--device", args.device, "--precision", args.precision, "--quiet", "--max-seconds", str(args.cap)]
     jobs = {}
     if "best" not in args.skip:
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     if "study" not in args.skip:
         params = dict(seeds=[0] if args.dry_run else [0, 1, 2], patches=[4, 7] if args.dry_run else [2, 4, 7],
                       epochs={"seed": 1, "quick": 1} if args.dry_run else {"seed": 2},
-                      train_limit=512 if args.dry_run else None)
+                      train_limit=512 if args.dry_run else None, eval_limit=256 if args.dry_run else None)
         code = ("import study, json; study.study(**json.loads({!r}), device={!r}, precision={!r}, json_path={!r}, "
                 "png_path={!r}, command={!r}, resume=False, max_seconds={!r})").format(
             json.dumps(params), args.device, args.precision, str(out / "patch_study.json"),

@@ -40,8 +40,8 @@ def cpu_has_native_bf16() -> bool:
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matrix products run natively (fast) on `device`."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # emulated bf16 (V100, T4) is not native: there auto takes fp16
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and cpu_has_native_bf16()
 
 
@@ -51,7 +51,7 @@ def resolve_precision(device: torch.device, precision="auto") -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if native_bf16(device) else "fp16"
     return "bf16" if native_bf16(device) else "fp32"
 
 

@@ -20,25 +20,43 @@ from tqdm.auto import tqdm
 import hardware
 import my_utils as mu
 from recipe import Recipe, make_optimizer, make_scheduler
+from results import records
 
 PROGRESS_POINTS, PROGRESS_SECONDS = 5, 10.0  # live curves: ~5 points an epoch, and one at least every 10 s
 
 
-def seed_everything(seed: int):
+def seed_everything(seed: int, rank: int = 0):
+    """Seed python, numpy and torch. Under torchrun, rank r > 0 takes a seed of its own derived from (seed, r),
+    so that its dropout and stochastic depth differ from the other ranks'; rank 0 keeps the plain `seed`, so a
+    single-process run draws what it always drew."""
+    if rank:
+        seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def rng_state(loader) -> dict:
+def device_rng_state(device) -> dict:
+    """This process's torch random state: the CPU generator's, and the GPU's for a CUDA device."""
+    device = torch.device(device)
+    return dict(torch=torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state(device)}
+                                               if device.type == "cuda" else {}))
+
+
+def rng_state(loader, device) -> dict:
     np_state = np.random.get_state()
-    return dict(torch=torch.get_rng_state(), python=list(random.getstate()[1]),
+    return dict(device_rng_state(device), python=list(random.getstate()[1]),
                 numpy=torch.from_numpy(np_state[1].astype(np.int64)), numpy_pos=int(np_state[2]),
                 loader=loader.generator.get_state())
 
 
-def set_rng_state(state: dict, loader):
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state: dict, loader, device, rank: int = 0):
+    """Restore `rng_state`. A run of several processes keeps each rank's torch state in `state["ranks"]`."""
+    ranks = state.get("ranks") or []
+    own = ranks[rank] if rank < len(ranks) else state
+    torch.set_rng_state(own["torch"])
+    if "cuda" in own and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(own["cuda"], device)
     random.setstate((3, tuple(state["python"]), None))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     loader.generator.set_state(state["loader"])
@@ -130,12 +148,14 @@ class Trainer:
                 on_progress(*points[-1])
                 last = time.monotonic()
         loss_sum, correct, count = self._reduced(sums)
+        records.failpoint_delay(dist.get_rank() if self.world > 1 else 0)  # tests: one rank made slower
+        seconds = self._slowest(timer.stop())
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"epoch {epoch}: the training loss is {loss_sum}; the learning rate "
                                      f"(lr={self.recipe.lr}) is probably too high. The last good checkpoint is kept.")
         points.append((float(epoch), loss_sum / count, correct / count))
         r = dict(epoch=epoch, train_loss=loss_sum / count, train_acc=correct / count, val_acc=None,
-                 seconds=timer.stop(), eval_seconds=0.0, lr=lr, images=int(count), points=points)  # training only
+                 seconds=seconds, eval_seconds=0.0, lr=lr, images=int(count), points=points)  # training only
         if self.test_curve:  # learning curves only: nothing is chosen on it
             r["test_acc"] = mu.evaluate_accuracy(self.evaluated, self.test_iter, self.device, self.precision)
         self.history.append(r)
@@ -160,21 +180,34 @@ class Trainer:
             dist.all_reduce(sums)  # every rank's share of the epoch
         return sums.tolist()
 
+    def _slowest(self, seconds: float) -> float:
+        """An epoch of several processes lasts as long as its slowest: every rank records that time, so a
+        time budget is one decision, the same on every rank."""
+        if self.world == 1:
+            return seconds
+        t = torch.tensor([seconds], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.item()
+
     def state_dict(self) -> dict:
         return dict(weights=self.net.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
                     scaler=self.scaler.state_dict(), history=self.history, best_val_acc=self.best_val,
-                    rng=rng_state(self.train_iter), epoch=len(self.history),
+                    rng=rng_state(self.train_iter, self.device), epoch=len(self.history),
                     ema=dict(weights=self.ema.module.state_dict(), n=int(self.ema.n_averaged)) if self.ema else None)
 
     def load_state_dict(self, state: dict, best_weights=None):
         self.net.load_state_dict(state["weights"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
+        # the rate of the next step from this recipe's schedule: the same number for a plain resume, the new
+        # length's cosine for an extended one
+        for group, base, factor in zip(self.opt.param_groups, self.sched.base_lrs, self.sched.lr_lambdas):
+            group["lr"] = base * factor(self.sched.last_epoch)
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.module.load_state_dict(state["ema"]["weights"])
             self.ema.n_averaged.fill_(state["ema"]["n"])
-        set_rng_state(state["rng"], self.train_iter)
+        set_rng_state(state["rng"], self.train_iter, self.device, dist.get_rank() if self.world > 1 else 0)
         self.history, self.best_val = list(state["history"]), state["best_val_acc"]
         self.best_epoch = next((r["epoch"] for r in self.history if r["val_acc"] == self.best_val), 0)
         self.best_weights = best_weights

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torchvision.ops import StochasticDepth
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
+TRAIN_IMAGES = 60_000  # Fashion-MNIST's training set, of which the validation split is cut
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,19 @@ class ModelConfig:
     def num_patches(self) -> int:
         return windows_per_side(self.patch, self.stride) ** 2
 
+    @property
+    def views(self) -> int:
+        """Forward passes per image in eval mode: the image, its four shifts (shift_tta), and mirrors (flip_tta)."""
+        return (5 if self.shift_tta else 1) * (2 if self.flip_tta else 1)
+
     def validate(self):
         """Raise ValueError naming the bad field and what would fix it."""
+        for name, kind in (("patch", int), ("stride", int), ("dim", int), ("dropout", (int, float)),
+                           ("drop_path", (int, float)), ("flip_tta", bool)):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"{name}={value!r} should be an {kind.__name__}" if kind is int else
+                                 f"{name}={value!r} should be a {'number' if kind is not bool else 'bool'}")
         if not self.stride and not windows_per_side(self.patch):
             raise ValueError(f"patch size K={self.patch} must divide {IMAGE_SIZE}: use one of 1, 2, 4, 7, 14, 28, "
                              f"or set a stride for overlapping windows")
@@ -235,7 +246,10 @@ class MixerBlock(nn.Module):
         self.token_mlp = MLP(spec.tokens, cfg.act, cfg.dropout)
         self.norm2 = nn.LayerNorm(spec.features[0])
         self.feature_mlp = MLP(spec.features, cfg.act, cfg.dropout)
-        self.drop_path = StochasticDepth(cfg.drop_path, "row")  # identity when drop_path == 0 or in eval
+        self.drop_path = nn.Identity()
+        if cfg.drop_path:  # (torchvision is imported only where it is used: it costs ~3 s per process)
+            from torchvision.ops import StochasticDepth
+            self.drop_path = StochasticDepth(cfg.drop_path, "row")  # identity in eval
 
     def forward(self, x):                                   # x: [B, patches, features]
         x = x + self.drop_path(self.token_mlp(self.norm1(x).transpose(1, 2)).transpose(1, 2))

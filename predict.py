@@ -3,8 +3,9 @@
     python predict.py --checkpoint runs/X/model.pt photo1.png photo2.jpg
     python predict.py --checkpoint runs/X/model.pt --json *.png
 
-Any size up to 40 megapixels, colour or grayscale, 8- or 16-bit, PNG, JPEG, GIF (first frame) or any other
-format Pillow reads. Each image is made to look like Fashion-MNIST: grayscale, a light object on a dark
+Any size up to 40 megapixels, colour or grayscale, 8- or 16-bit, PNG, JPEG, GIF (first frame), BMP, TIFF or
+WebP; no other decoder runs (Pillow would otherwise pick one by content: an EPS file named .png would run
+Ghostscript). Each image is made to look like Fashion-MNIST: grayscale, a light object on a dark
 background (a light background is detected from the border and inverted), scaled to fit 28x28 keeping its
 aspect ratio, padded with background. A file that cannot be read gets one error line; the others still get
 answers (the exit code is then 1).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import struct
 import sys
 import warnings
 from pathlib import Path
@@ -29,6 +31,9 @@ from model import IMAGE_SIZE, NUM_CLASSES
 # most 160 MB as RGBA. A PNG that declares 30,000 x 30,000 pixels is refused from its header.
 MAX_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own check, at our bound: warns above it, refuses above twice it
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")  # the only decoders Image.open may choose
+# What a hostile file can raise from inside Pillow (its own fuzzers treat these as expected): one bad file
+DECODE_ERRORS = (OSError, SyntaxError, EOFError, NotImplementedError, OverflowError, MemoryError, struct.error)
 
 
 def to_gray8(im: Image.Image) -> Image.Image:
@@ -51,7 +56,7 @@ def load_image(path) -> tuple[torch.Tensor, bool]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path, formats=FORMATS) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise ValueError(f"declares {im.width:,} x {im.height:,} pixels, more than the "
                                      f"{MAX_PIXELS // 1_000_000} megapixels predict.py decodes (a decompression bomb?)")
@@ -62,7 +67,9 @@ def load_image(path) -> tuple[torch.Tensor, bool]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ValueError(f"more than the {MAX_PIXELS // 1_000_000} megapixels predict.py decodes, a decompression "
                          f"bomb? (Pillow: {e})") from None
-    except (OSError, SyntaxError, EOFError) as e:
+    except Image.UnidentifiedImageError:
+        raise ValueError("not a readable image of the formats read here (PNG, JPEG, GIF, BMP, TIFF, WebP)") from None
+    except DECODE_ERRORS as e:
         raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from None
     x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).reshape(im.height, im.width)
     border = torch.cat([x[0], x[-1], x[:, 0], x[:, -1]]).float()

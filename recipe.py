@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 import hardware
-from model import BlockSpec, ModelConfig, mixer_blocks, windows_per_side
+from model import TRAIN_IMAGES, BlockSpec, ModelConfig, mixer_blocks, windows_per_side
 
 
 @dataclass
@@ -51,8 +51,9 @@ class Recipe:
         for name in ("epochs", "batch_size", "val_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        if self.val_size < 0:
-            raise ValueError(f"val_size={self.val_size} must be >= 0")
+        if not 0 <= self.val_size < TRAIN_IMAGES:
+            raise ValueError(f"val_size={self.val_size} must be 0 to {TRAIN_IMAGES - 1:,}: the validation split is "
+                             f"cut from the {TRAIN_IMAGES:,} training images and must leave some to train on")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr} must be positive")
         for name in ("erase", "label_smoothing", "ema"):
@@ -226,22 +227,28 @@ def _typed(key: str, value, like):
 
 
 def get_preset(name: str, **overrides) -> tuple[ModelConfig, Recipe]:
-    """Fresh copies of a preset's model config and recipe, with any field of either replaced (None values are
-    ignored). A new `patch` or `stride` resizes every width equal to the old number of patches."""
+    """Fresh copies of a preset's model config and recipe, with any field of either replaced (see `override`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
+    return override(PRESETS[name].model, PRESETS[name].recipe, **overrides)
+
+
+def override(model: ModelConfig, recipe: Recipe, **overrides) -> tuple[ModelConfig, Recipe]:
+    """New copies of `model` and `recipe` with fields replaced (None values are ignored), each value checked
+    against the type of the one it replaces. A new `patch` or `stride` changes the number of patches: a token
+    MLP's input or output width that was the old number becomes the new one; hidden widths stay."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(overrides) - set(FIELDS["model"]) - set(FIELDS["recipe"]))
     if unknown:
         raise ValueError(f"unknown config fields {unknown}; known: {sorted(FIELDS['model'] + FIELDS['recipe'])}")
-    preset = PRESETS[name]
-    model, recipe = preset.model.to_dict(), preset.recipe.to_dict()
-    k, stride = overrides.get("patch", preset.model.patch), overrides.get("stride", preset.model.stride)
+    old = model
+    model, recipe = model.to_dict(), recipe.to_dict()
+    k, stride = overrides.get("patch", old.patch), overrides.get("stride", old.stride)
     side = windows_per_side(k, stride) if isinstance(k, int) and isinstance(stride, int) else 0
     if {"patch", "stride"} & set(overrides) and "blocks" not in overrides and side:  # (bad values: validate says)
-        old_n, new_n = preset.model.num_patches, side ** 2
-        swap = lambda widths: tuple(new_n if w == old_n else w for w in widths)  # noqa: E731
-        model["blocks"] = [dict(tokens=swap(b["tokens"]), features=b["features"]) for b in model["blocks"]]
+        swap = lambda w: side ** 2 if w == old.num_patches else w  # noqa: E731
+        model["blocks"] = [dict(tokens=(swap(t_in), hidden, swap(t_out)), features=b["features"])
+                           for b in model["blocks"] for t_in, hidden, t_out in [b["tokens"]]]
     for key, value in overrides.items():
         target = model if key in model else recipe
         target[key] = _typed(key, value, target[key])

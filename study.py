@@ -33,43 +33,57 @@ def costs(presets, patches, epochs) -> dict:
 
 
 def train_all(presets, patches, seeds, epochs, train_limit, device, precision, json_path: Path, command,
-              resume=True, max_seconds=None, log=print) -> list[dict]:
+              resume=True, max_seconds=None, log=print, eval_limit=None) -> list[dict]:
     """Every (preset, K, seed): one run, the best validation epoch kept, the test set evaluated once. The record
-    is rewritten after every run (an interrupted study loses at most the run in progress); with `resume`, runs
-    already in it with the same parameters are reused. `max_seconds` caps each run (marked capped)."""
+    is rewritten after every run (an interrupted study loses at most the run in progress); with `resume`, a row
+    already in it is reused only where everything that made it is the same: preset, K, seed, the whole model
+    config and recipe, and the image limits. `max_seconds` caps each run (marked capped)."""
     dev = hardware.resolve_device(device)
     prec = hardware.resolve_precision(dev, precision)
     cost = costs(presets, patches, epochs)
-    key = lambda r: (r["preset"], r["patch"], r["seed"], r["epochs"], r["train_limit"])  # noqa: E731
+    key = lambda r: json.dumps([r["preset"], r["patch"], r["seed"], r.get("model"), r.get("recipe"),  # noqa: E731
+                                r["train_limit"], r.get("eval_limit")], sort_keys=True)
     done = {}
     if resume and json_path.exists():
         done = {key(r): r for r in json.loads(json_path.read_text())["rows"]}
-    rows = []
+    rows, reused = [], 0
     for p in presets:
         for k in patches:
             for s in seeds:
                 model, recipe = config(p, k, epochs.get(p))
-                r = done.get((p, k, s, recipe.epochs, train_limit))
-                if r is None:
+                wanted = dict(preset=p, patch=k, seed=s, model=model.to_dict(), recipe=recipe.to_dict(),
+                              train_limit=train_limit, eval_limit=eval_limit)
+                r = done.get(key(json.loads(json.dumps(wanted))))  # (as JSON: tuples become lists)
+                from_record = r is not None
+                reused += from_record
+                if not from_record:
                     result = run(model, recipe, preset=p, seed=s, device=dev, precision=prec, train_limit=train_limit,
-                                 live=False, log=lambda m: None, progress=False, max_seconds=max_seconds)
+                                 eval_limit=eval_limit, live=False, log=lambda m: None, progress=False,
+                                 max_seconds=max_seconds)
                     h = result.history
                     best = best_record(h)
-                    r = dict(preset=p, patch=k, seed=s, epochs=recipe.epochs, train_limit=train_limit, **cost[p, k],
+                    r = dict(wanted, epochs=recipe.epochs, **cost[p, k],
                              sec_per_epoch=statistics.mean(e["seconds"] for e in h), epochs_run=len(h),
                              capped=len(h) < recipe.epochs, best_epoch=best["epoch"], val_acc=best["val_acc"],
                              test_acc=result.test_acc, history=h)
                 rows.append(r)
-                save(json_path, rows, command, dev, prec, presets, patches, seeds, epochs, train_limit)
+                save(json_path, rows, command, dev, prec, presets, patches, seeds, epochs, train_limit,
+                     eval_limit=eval_limit)
                 log(f"{p:>6} K={k} seed {s}: val {r['val_acc']:.4f}  test {r['test_acc']:.4f}  "
-                    f"{r['sec_per_epoch']:.1f} s/epoch" + ("  (capped)" if r.get("capped") else ""))
+                    f"{r['sec_per_epoch']:.1f} s/epoch" + ("  (capped)" if r.get("capped") else "")
+                    + ("  (reused from the record)" if from_record else ""))
+    if done:
+        log(f"reused {reused} of {len(rows)} runs from {json_path} (same preset, K, seed, model, recipe and limits); "
+            f"its other {len(done) - reused} rows were left out")
     return rows
 
 
-def save(json_path: Path, rows, command, dev, prec, presets, patches, seeds, epochs, train_limit, **extra) -> dict:
+def save(json_path: Path, rows, command, dev, prec, presets, patches, seeds, epochs, train_limit, eval_limit=None,
+         **extra) -> dict:
     record = dict(command=command, git_commit=records.git_commit(), hardware=hardware.describe(dev), device=str(dev),
                   precision=prec, torch=torch.__version__, complete=bool(extra),
-                  parameters=dict(presets=presets, patches=patches, seeds=seeds, epochs=epochs, train_limit=train_limit),
+                  parameters=dict(presets=presets, patches=patches, seeds=seeds, epochs=epochs, train_limit=train_limit,
+                                  eval_limit=eval_limit),
                   rows=rows, **extra)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     records.atomic_write(json_path, json.dumps(record, indent=2))
@@ -132,7 +146,7 @@ def plot(summary, png_path: Path, prec, device_type):
 
 
 def study(presets=("seed", "quick"), patches=(2, 4, 7), seeds=(0, 1, 2), epochs=None, train_limit=None,
-          device="auto", precision="auto", json_path="results/patch_study.json", png_path="results/patch_study.png",
+          eval_limit=None, device="auto", precision="auto", json_path="results/patch_study.json", png_path="results/patch_study.png",
           command="study.study()", resume=True, max_seconds=None, log=print) -> dict:
     """The whole study: train, summarise, judge, plot, and write the complete record. Returns the record."""
     presets, patches, seeds, epochs = list(presets), list(patches), list(seeds), dict(epochs or {})
@@ -140,9 +154,9 @@ def study(presets=("seed", "quick"), patches=(2, 4, 7), seeds=(0, 1, 2), epochs=
     dev = hardware.resolve_device(device)
     prec = hardware.resolve_precision(dev, precision)
     rows = train_all(presets, patches, seeds, epochs, train_limit, dev, prec, json_path, command, resume,
-                     max_seconds, log)
+                     max_seconds, log, eval_limit)
     summary = summarize(rows, presets, patches)
-    record = save(json_path, rows, command, dev, prec, presets, patches, seeds, epochs, train_limit,
+    record = save(json_path, rows, command, dev, prec, presets, patches, seeds, epochs, train_limit, eval_limit,
                   summary=summary, verdict=verdict(summary))
     record["figure"] = plot(summary, png_path, prec, dev.type)
     return record

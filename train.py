@@ -26,9 +26,9 @@ import checkpoint
 import data
 import hardware
 import my_utils as mu
-from loop import Trainer, best_record, fit, seed_everything
+from loop import Trainer, best_record, device_rng_state, fit, seed_everything
 from model import MLPNet, ModelConfig, count_params
-from recipe import PRESETS, Recipe, get_preset
+from recipe import PRESETS, Recipe, get_preset, override
 from results import records
 
 
@@ -47,25 +47,46 @@ class Run:
     test_predictions: tuple = ()
 
 
+class PeerFailed(RuntimeError):
+    """Under torchrun: another rank (rank 0, which writes) failed; it reports why, this rank only exits."""
+
+
+class CheckpointWriteError(OSError):
+    """Rank 0 could not write a checkpoint (under torchrun the other ranks stop too: PeerFailed)."""
+
+
 class Checkpointer:
-    """After every epoch: DIR/last.pt, and DIR/best.pt when validation improved (rank 0 writes, all wait)."""
+    """After every epoch: DIR/last.pt, and DIR/best.pt when validation improved (rank 0 writes, all wait; if
+    rank 0 cannot write, every rank stops)."""
 
     def __init__(self, run_dir: Path, meta: dict, writer: bool):
         self.run_dir, self.meta, self.writer, self.saved = run_dir, meta, writer, 0
 
     def __call__(self, trainer: Trainer):
+        ranks = None
+        if trainer.world > 1:  # every rank's own torch random state (dropout), so that a resume replays each
+            ranks = [None] * trainer.world
+            dist.all_gather_object(ranks, device_rng_state(trainer.device))
+        error = None
         if self.writer:
             state = dict(trainer.state_dict(), **self.meta)
+            if ranks:
+                state["rng"]["ranks"] = ranks
             try:
                 if trainer.best_epoch == len(trainer.history):  # this epoch is the new best
                     checkpoint.save(self.run_dir / "best.pt", state)
                 checkpoint.save(self.run_dir / "last.pt", state)
+                self.saved = len(trainer.history)
             except OSError as e:
-                raise OSError(e.errno, f"cannot write a checkpoint into {self.run_dir} ({e.strerror}). "
-                              + self.where() + "; free space, then continue with --resume") from None
-            self.saved = len(trainer.history)
-        if trainer.world > 1:
-            dist.barrier()  # nobody races ahead of rank 0's checkpoint
+                error = CheckpointWriteError(e.errno, f"cannot write a checkpoint into {self.run_dir} ({e.strerror}). "
+                                + self.where() + "; free space, then continue with --resume")
+        if trainer.world > 1:  # one collective for all: nobody races ahead of rank 0's checkpoint, or waits
+            failed = torch.tensor([float(error is not None)], device=trainer.device)  # forever when it failed
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if failed.item() and error is None:
+                raise PeerFailed("rank 0 could not write a checkpoint")
+        if error is not None:
+            raise error
 
     def where(self) -> str:
         return (f"the checkpoint of epoch {self.saved} is intact in {self.run_dir}" if self.saved else
@@ -84,6 +105,9 @@ def setup_distributed(device):
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world, device
+
+
+RUN_FILES = ("run.json", "last.pt", "best.pt", "model.pt", "metrics.json", "curves.png")  # what a run writes
 
 
 def resume_state(out: Path, name: str = "last.pt") -> dict:
@@ -109,15 +133,59 @@ def resume_state(out: Path, name: str = "last.pt") -> dict:
         raise checkpoint.CheckpointError(f"{e}. Next good state: {offer}.") from None
 
 
+def refuse_a_used_directory(out: Path):
+    """A fresh run never writes beside another run's files (its best.pt would pass for this run's)."""
+    found = [f for f in RUN_FILES if (out / f).exists()]
+    if found:
+        raise ValueError(f"run directory {out} already holds a run ({', '.join(found)}). Continue that run with "
+                         f"`python train.py --resume {out}` (notebook: resume = True), or choose another output "
+                         f"directory (--out / out_dir); delete it yourself if it is no longer wanted")
+
+
+KEPT_ON_RESUME = ("preset", "seed", "train_limit", "eval_limit", "max_seconds", "test_curve")
+
+
+def resumed_settings(state: dict, model, recipe, given: dict, precision: str) -> tuple:
+    """What a resumed run trains with: its checkpoint's settings. A resume may only raise the number of epochs
+    (an extension, kept in the record); any other setting asked for that differs from the run's is refused,
+    named, instead of being ignored."""
+    saved = dict(state["recipe"])
+    wanted = recipe.to_dict() if recipe is not None else saved
+    differ = [f"{k}={wanted[k]!r} (the run has {saved[k]!r})" for k in saved if k != "epochs" and wanted[k] != saved[k]]
+    if model is not None and model.to_dict() != state["model"]:
+        differ += [f"{k}={v!r} (the run has {state['model'][k]!r})" for k, v in model.to_dict().items()
+                   if v != state["model"][k]]
+    differ += [f"{k}={v!r} (the run has {state.get(k)!r})" for k, v in given.items()
+               if k in KEPT_ON_RESUME and v != state.get(k)]
+    if precision != "auto" and precision != state["precision"]:
+        differ.append(f"precision={precision!r} (the run has {state['precision']!r})")
+    if differ:
+        raise checkpoint.CheckpointError(
+            "a resumed run keeps its own settings; only its number of epochs may grow. This resume asks for "
+            + "; ".join(differ) + ". Start a new run with another output directory to change them")
+    done = state["epoch"]
+    if wanted["epochs"] < done:
+        raise checkpoint.CheckpointError(f"epochs={wanted['epochs']}: the run has already trained {done} epochs; "
+                                         f"a resume can keep or raise its number of epochs, not cut it")
+    extended = list(state.get("extended", []))
+    if wanted["epochs"] != saved["epochs"]:
+        extended.append(dict(at_epoch=done, epochs_from=saved["epochs"], epochs_to=wanted["epochs"]))
+    return ModelConfig(**state["model"]), Recipe(**wanted), extended
+
+
 def run(model: ModelConfig | None = None, recipe: Recipe | None = None, *, preset="custom", seed=0, device="auto",
-        precision="auto", train_limit=None, out_dir=None, resume=False, resume_from="last.pt", live=True, log=None,
-        progress=True, compile=False, test_curve=False, max_seconds=None, until=None, command="run()",
-        data_root=None) -> Run:
+        precision="auto", train_limit=None, eval_limit=None, out_dir=None, resume=False, resume_from="last.pt",
+        live=True, log=None, progress=True, compile=False, test_curve=False, max_seconds=None, until=None,
+        command="run()", data_root=None) -> Run:
     """One complete run, as the notebook, train.py and the study make it: device and seed, loaders, MLPNet,
     `fit`, the test set once, and with `out_dir` checkpoints every epoch plus metrics.json, model.pt and
-    curves.png at the end. `resume`: continue the run in out_dir (model and recipe come from its checkpoint;
-    given ones must match). `live`: draw the curves (in Jupyter: in place, several times an epoch).
-    `max_seconds`: stop after the epoch that reaches this much training time (the run is marked capped)."""
+    curves.png at the end. A fresh run refuses a directory that holds another run's files.
+    `resume`: continue the run in out_dir with its checkpoint's model, recipe and settings; given ones must
+    match, except a larger `recipe.epochs`, which extends the run (the cosine schedule is then that of the new
+    length from the next step on, and metrics.json lists the extension under `extended`).
+    `live`: draw the curves (in Jupyter: in place, several times an epoch). `max_seconds`: stop after the epoch
+    that reaches this much training time (the run is marked capped). `eval_limit`: validate and test on the
+    first N images only (smoke runs and tests; recorded, and such a run is no result)."""
     records.git_commit()  # read now: the code this run starts with
     out = Path(out_dir) if out_dir else None
     dev = hardware.resolve_device(device)
@@ -128,18 +196,20 @@ def run(model: ModelConfig | None = None, recipe: Recipe | None = None, *, prese
         if writer:
             for tmp in out.glob(".*.tmp"):
                 tmp.unlink()  # left by a crash mid-write; no live writer can own it while we hold the lock
-        state = None
+        state, extended = None, []
         if resume:
             state = resume_state(out, resume_from)
-            if precision == "auto":
-                precision = state["precision"]  # a resumed run continues in its own precision
-            for given, saved in ((model, state["model"]), (recipe, state["recipe"])):
-                if given is not None and given.to_dict() != saved:
-                    raise checkpoint.CheckpointError(f"{out / resume_from} was trained with another configuration.\n"
-                                                     f"  checkpoint: {saved}\n  requested:  {given.to_dict()}")
-            model, recipe = ModelConfig(**state["model"]), Recipe(**state["recipe"])
-            preset, seed, train_limit, run_id = state["preset"], state["seed"], state["train_limit"], state["run_id"]
+            given = dict(preset=preset, seed=seed, train_limit=train_limit, eval_limit=eval_limit,
+                         max_seconds=max_seconds, test_curve=test_curve)
+            model, recipe, extended = resumed_settings(state, model, recipe, given, precision)
+            precision = state["precision"]  # a resumed run continues in its own precision
+            run_id = state["run_id"]
+            preset, seed, train_limit = state["preset"], state["seed"], state["train_limit"]
+            eval_limit, max_seconds = state.get("eval_limit"), state.get("max_seconds")
+            test_curve = state.get("test_curve", False)
         else:
+            if writer:
+                refuse_a_used_directory(out)
             run_id = uuid.uuid4().hex[:12]
         prec = hardware.resolve_precision(dev, precision)
         if recipe.batch_size % world:
@@ -148,19 +218,25 @@ def run(model: ModelConfig | None = None, recipe: Recipe | None = None, *, prese
             records.atomic_write(out / "run.json", json.dumps(dict(run_id=run_id, preset=preset, seed=seed)))
         seed_everything(seed)
         loaders = data.loaders(recipe, seed=seed, device=dev, train_limit=train_limit, root=data_root,
-                               shard=(rank, world))
-        net = MLPNet(model)
+                               shard=(rank, world), eval_limit=eval_limit)
+        net = MLPNet(model)  # the same initial weights on every rank
+        if rank:
+            seed_everything(seed, rank)  # its own dropout and stochastic depth from here on
         animator = mu.training_animator(recipe.epochs) if live and rank == 0 else None
         say = (log or (animator.log if animator else print)) if rank == 0 else (lambda s: None)
         say(f"preset {preset}: {count_params(net):,} parameters, {loaders[0].num_examples * world:,} training images"
-            + (f" in {world} shards of {loaders[0].num_examples:,}" if world > 1 else ""))
+            + (f" in {world} shards of {loaders[0].num_examples:,}" if world > 1 else "")
+            + (f"; validation and test on their first {eval_limit:,} images only" if eval_limit else ""))
+        if extended and state is not None and extended[-1]["at_epoch"] == state["epoch"]:
+            say(f"extending the run from {extended[-1]['epochs_from']} to {extended[-1]['epochs_to']} epochs")
         trainer = Trainer(net, recipe, loaders, dev, prec, compile=compile, test_curve=test_curve)
         if state is not None:
-            best = out / "best.pt"
-            trainer.load_state_dict(state, checkpoint.evaluated_weights(checkpoint.load(best)) if best.exists() else None)
+            best = resume_state(out, "best.pt") if (out / "best.pt").exists() else None
+            trainer.load_state_dict(state, checkpoint.evaluated_weights(best) if best else None)
             if animator:
                 mu.draw_history(animator, trainer.history)
-        meta = dict(run_id=run_id, preset=preset, seed=seed, train_limit=train_limit, model=model.to_dict(),
+        meta = dict(run_id=run_id, preset=preset, seed=seed, train_limit=train_limit, eval_limit=eval_limit,
+                    max_seconds=max_seconds, test_curve=test_curve, extended=extended, model=model.to_dict(),
                     recipe=recipe.to_dict(), precision=prec)
         saver = Checkpointer(out, meta, writer) if out is not None else None
         over_budget = lambda: max_seconds is not None and sum(h["seconds"] for h in trainer.history) >= max_seconds  # noqa: E731
@@ -184,7 +260,9 @@ def run(model: ModelConfig | None = None, recipe: Recipe | None = None, *, prese
         if writer:
             metrics = save_run(out, net, model, recipe, trainer.history, test_acc, preset=preset, seed=seed,
                                device=dev, precision=prec, train_limit=train_limit, animator=animator,
-                               extra=dict(world_size=world, command=command, run_id=run_id,
+                               extra=dict(world_size=world, command=command, run_id=run_id, eval_limit=eval_limit,
+                                          val_images=loaders[1].num_examples, test_images=len(labels),
+                                          eval_views=model.views, extended=extended,
                                           capped=over_budget() and len(trainer.history) < recipe.epochs,
                                           **({"max_seconds": max_seconds} if max_seconds else {})))
             say(f"best val acc {metrics['val_acc']:.4f} (epoch {metrics['best_epoch']}), test acc {test_acc:.4f}, "
@@ -219,26 +297,30 @@ def save_run(out_dir, net, model, recipe, history, test_acc, *, preset, seed, de
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="quick", help=f"one of {sorted(PRESETS)}")
-    p.add_argument("--epochs", type=int, help="default: the preset's")
+    p.add_argument("--preset", help=f"one of {sorted(PRESETS)} (default: quick)")
+    p.add_argument("--epochs", type=int, help="default: the preset's; with --resume, a larger number extends the run")
     p.add_argument("--batch-size", type=int, help="default: the preset's")
     p.add_argument("--lr", type=float, help="default: the preset's")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any model or recipe field, e.g. --set patch=7 --set dropout=0.1 (repeatable)")
-    p.add_argument("--test-curve", action="store_true",
+    p.add_argument("--test-curve", action="store_true", default=None,
                    help="also record test accuracy after every epoch (to report a learning curve; model "
                         "selection still uses validation only)")
     p.add_argument("--max-seconds", type=float, help="stop after the epoch whose training time reaches this "
                    "budget (metrics.json then says capped: true)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="default: 0")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (auto: CUDA, then MPS, then CPU)")
     p.add_argument("--precision", default="auto", choices=hardware.PRECISIONS)
     p.add_argument("--train-limit", type=int, help="train on the first N training images only (smoke runs)")
+    p.add_argument("--eval-limit", type=int, help="validate and test on the first N images only (smoke runs, "
+                   "tests: the run's accuracies are then no result)")
     p.add_argument("--data-dir", help="default: $FASHION_MNIST_DIR or ./data")
     p.add_argument("--out", help="run directory for metrics.json, model.pt, curves.png, checkpoints")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last complete epoch")
-    p.add_argument("--from", dest="resume_from", default="last.pt", choices=["last.pt", "best.pt"],
-                   help="with --resume: the checkpoint to continue from (best.pt when last.pt is damaged)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last complete epoch, with its "
+                   "own settings (only --epochs may change: a larger number extends it)")
+    p.add_argument("--from", dest="resume_from", choices=["last.pt", "best.pt"],
+                   help="with --resume: the checkpoint to continue from (default last.pt; best.pt when last.pt is "
+                        "damaged)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on GPUs)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms only (for CUDA; slower). CPU runs are deterministic anyway")
@@ -246,6 +328,14 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.out and not args.resume:
         p.error("give --out DIR (or --resume DIR)")
+    if args.out and args.resume and Path(args.out).resolve() != Path(args.resume).resolve():
+        p.error(f"--out {args.out} and --resume {args.resume} name two directories: a run resumes in its own "
+                f"directory (give --resume DIR alone)")
+    if args.resume_from and not args.resume:
+        p.error(f"--from {args.resume_from} needs --resume DIR (the run to continue)")
+    for flag in ("train_limit", "eval_limit"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            p.error(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be positive")
     return args
 
 
@@ -286,33 +376,50 @@ def check_writable(out: Path):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     records.git_commit()  # read now: the code this run starts with
-    out = Path(args.out or args.resume)
+    out = Path(args.resume or args.out)
+    overrides = {**parse_overrides_or_exit(args.set),  # an explicit flag wins over --set
+                 **{k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr).items()
+                    if v is not None}}
+    given = dict(preset=args.preset, seed=args.seed, train_limit=args.train_limit, eval_limit=args.eval_limit,
+                 max_seconds=args.max_seconds, test_curve=args.test_curve)
     try:
-        model = recipe = None
-        if not args.resume:
-            flags = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-            model, recipe = get_preset(args.preset, **{**parse_overrides(args.set),  # an explicit flag wins
-                                                       **{k: v for k, v in flags.items() if v is not None}})
-        if args.train_limit is not None and args.train_limit <= 0:
-            raise ValueError(f"--train-limit={args.train_limit} must be positive")
+        if args.resume:  # the run's own settings, with what this command line asks on top (run() checks it)
+            state = resume_state(out, args.resume_from or "last.pt")
+            model, recipe = override(ModelConfig(**state["model"]), Recipe(**state["recipe"]), **overrides)
+            given = {k: state.get(k) if v is None else v for k, v in given.items()}
+        else:
+            model, recipe = get_preset(args.preset or "quick", **overrides)
+            given = dict(given, preset=args.preset or "quick", seed=args.seed or 0, test_curve=bool(args.test_curve))
         hardware.resolve_precision(hardware.resolve_device(args.device), args.precision)
         if int(os.environ.get("RANK", "0")) == 0:
             check_writable(out)
         if args.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
-        r = run(model, recipe, preset=args.preset, seed=args.seed, device=args.device, precision=args.precision,
-                train_limit=args.train_limit, out_dir=out, resume=bool(args.resume), resume_from=args.resume_from,
-                progress=not args.quiet, compile=args.compile, test_curve=args.test_curve,
-                max_seconds=args.max_seconds, command=command_line(), data_root=args.data_dir)
+        r = run(model, recipe, device=args.device, precision=args.precision, out_dir=out, resume=bool(args.resume),
+                resume_from=args.resume_from or "last.pt", progress=not args.quiet, compile=args.compile,
+                command=command_line(), data_root=args.data_dir, **given)
+    except PeerFailed:
+        dist.barrier()  # until rank 0 has said why (torchrun ends the group when the first process exits)
+        raise SystemExit(1)
     except (ValueError, FloatingPointError, data.DataError, checkpoint.RunInUse, OSError) as e:
-        raise SystemExit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        if isinstance(e, CheckpointWriteError) and dist.is_initialized():
+            dist.barrier()  # the others wait for this line (PeerFailed)
+        raise SystemExit(1)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     if r.test_acc is None:
         raise SystemExit(130)  # interrupted: run() said where the checkpoint is
     return r.metrics
+
+
+def parse_overrides_or_exit(items):
+    try:
+        return parse_overrides(items)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
 
 
 if __name__ == "__main__":

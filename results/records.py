@@ -5,19 +5,22 @@ imports it as `results.records`.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
 import statistics
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _failpoint(where: str, path: Path):
-    """Fault injection for the tests: MLP_FAILPOINT=WHERE:NAME:N kills this process with SIGKILL at WHERE
-    (mid-write | before-rename) during the N-th atomic write of a file named NAME. Unset: nothing happens."""
+    """Fault injection for the tests: MLP_FAILPOINT=WHERE:NAME:N, at the N-th atomic write of a file named
+    NAME, kills this process with SIGKILL at WHERE (mid-write | before-rename), or fails the write as a full
+    disk does (WHERE = enospc). Unset: nothing happens."""
     spec = os.environ.get("MLP_FAILPOINT", "")
     if spec.count(":") != 2:
         return
@@ -25,10 +28,19 @@ def _failpoint(where: str, path: Path):
     if at == where and name == path.name:
         _failpoint.counts[where] = _failpoint.counts.get(where, 0) + 1
         if _failpoint.counts[where] == int(nth):
+            if where == "enospc":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.kill(os.getpid(), signal.SIGKILL)
 
 
 _failpoint.counts = {}
+
+
+def failpoint_delay(rank: int):
+    """Fault injection for the tests: MLP_FAILPOINT=slow-epoch:rankR:S makes rank R's epochs S seconds longer."""
+    at, _, rest = os.environ.get("MLP_FAILPOINT", "").partition(":")
+    if at == "slow-epoch" and rest.partition(":")[0] == f"rank{rank}":
+        time.sleep(float(rest.partition(":")[2]))
 
 
 def atomic_write(path, payload: bytes | str):
@@ -38,6 +50,7 @@ def atomic_write(path, payload: bytes | str):
     data = payload.encode() if isinstance(payload, str) else payload
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        _failpoint("enospc", path)
         with open(tmp, "wb") as f:
             if os.environ.get("MLP_FAILPOINT", "").startswith("mid-write:"):
                 f.write(data[:len(data) // 2])

@@ -170,12 +170,18 @@ def network(r: dict) -> str:
             + (f", EMA {recipe['ema']}" if recipe.get("ema") else ""))
 
 
+def full_data(r: dict) -> bool:
+    """A run trained on every training image and evaluated on every validation and test image, without a test
+    curve: subset, smoke (eval_limit) and learning-curve runs are reported elsewhere, never as results."""
+    return not (r.get("train_limit") or r.get("eval_limit") or any("test_acc" in h for h in r["history"]))
+
+
 def render_presets(folder: Path) -> str:
     """One row per (preset, network, epochs, hardware) in results/runs/: test and validation mean ± std over seeds."""
     groups = {}
     for r in load_runs(folder):
-        if r.get("train_limit") or any("test_acc" in h for h in r["history"]):
-            continue  # subset runs and learning-curve runs are reported elsewhere
+        if not full_data(r):
+            continue
         groups.setdefault((r["preset"], network(r), r["epochs"], r["hardware"], r["precision"]), []).append(r)
     lines = ["| preset | network | epochs | seeds | test accuracy | validation accuracy | training time | hardware | "
              "runs (results/runs/) |", "| --- | --- | ---: | --- | --- | --- | ---: | --- | --- |"]
@@ -235,7 +241,7 @@ def frontier_points(folder: Path) -> list[dict]:
     for kind in ("runs", "trials"):
         for f in sorted((folder / kind).glob("*.json")):
             r = load(f, RUN_KEYS)
-            if r.get("train_limit") or any("test_acc" in h for h in r["history"]):
+            if not full_data(r):
                 continue
             points.append(dict(r, file=f"{kind}/{f.name}", kind=kind))
     return sorted(points, key=lambda r: r["train_seconds"])

@@ -144,6 +144,10 @@ def test_debian_fetch_writes_only_verified_files(tmp_path):
 
 def test_no_source_gives_one_error_naming_all_three_ways(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get here
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):  # and no internet, even where there is
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # (the discard port: nothing listens)
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "d"))
     with pytest.raises(mu.DataError) as e:
         mu.fetch_fashion_mnist(log=lambda s: None)
@@ -213,3 +217,18 @@ def test_fetch_killed_midway_leaves_nothing_used_and_the_next_fetch_is_clean(tmp
     assert sorted(p.name for p in (folder / "raw").iterdir()) == sorted(data.SHA256)
     assert not list(folder.glob(".fetch-*")), "the killed fetches' temp folders are gone"
     assert data.load_arrays(tmp_path)["test_y"].shape == (10000,)
+
+
+@pytest.mark.parametrize("shift", [2, 0])
+def test_distributed_shards_of_a_global_batch_are_the_single_process_batch(arrays, shift):
+    """Under torchrun each rank takes every world-th image of the shared permutation, and its augmentation
+    (shift, flip, erasing) is drawn for the whole global batch and sliced the same way: the ranks' batches
+    together are exactly the single-process batch, image for image, not the same draws repeated on each rank."""
+    images, labels = arrays["train_x"][:1000], arrays["train_y"][:1000]
+    kw = dict(shuffle=True, augment=True, erase=0.5, shift=shift, seed=5)
+    single = list(mu.FastLoader(images, labels, 64, **kw))
+    ranks = [list(mu.FastLoader(images, labels, 32, shard=(r, 2), **kw)) for r in (0, 1)]
+    assert len(single) == len(ranks[0]) == len(ranks[1])
+    for (X, y), (X0, y0), (X1, y1) in zip(single, *ranks):
+        assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
+        assert torch.equal(X[0::2], X0) and torch.equal(X[1::2], X1)

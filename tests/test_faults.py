@@ -11,8 +11,8 @@ import pytest
 import checkpoint
 from conftest import finished_run, start_train_py, train_py, wait_for, without_timing
 
-SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--quiet", "--device", "cpu",
-         "--precision", "fp32"]
+SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--eval-limit", "500", "--quiet",
+         "--device", "cpu", "--precision", "fp32"]
 train, start = train_py, start_train_py
 
 

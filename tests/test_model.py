@@ -243,6 +243,22 @@ def test_every_preset_learns_on_a_subset(preset):
     torch.manual_seed(0)
     model, recipe = get_preset(preset, epochs=3 if preset in ("quick", "long") else 2, batch_size=64,
                                warmup_epochs=0.5 if preset == "best" else None)
-    t = Trainer(MLPNet(model), recipe, data.loaders(recipe, train_limit=2000), torch.device("cpu"), "fp32")
+    t = Trainer(MLPNet(model), recipe, data.loaders(recipe, train_limit=2000, eval_limit=1000), torch.device("cpu"),
+                "fp32")
     history = fit(t, log=lambda s: None, progress=False)
     assert best_record(history)["val_acc"] > 0.5, history
+
+
+def test_a_new_patch_size_resizes_only_the_patch_axis():
+    """A token MLP's input and output are the patches; its hidden width is a choice that stays."""
+    assert get_config("sprint").blocks[0].tokens == (16, 16, 16)
+    assert [b.tokens for b in get_config("sprint", patch=4).blocks] == [(49, 16, 49)] * 2
+    assert [b.tokens for b in get_config("seed", patch=2).blocks] == [(196, 256, 128), (128, 64, 128)]
+    assert [b.tokens for b in get_config("quick", patch=7).blocks] == [(16, 16, 16)] * 3
+    assert [b.tokens for b in get_config("best", patch=7).blocks] == [(16, 128, 16)] * 8
+
+
+@pytest.mark.parametrize("val_size", [-1, 60000, 70000])
+def test_a_validation_split_must_leave_training_images(val_size):
+    with pytest.raises(ValueError, match=f"val_size={val_size} must be 0 to 59,999"):
+        get_preset("quick", val_size=val_size)

@@ -16,7 +16,7 @@ from predict import load_image
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
     r = subprocess.run([sys.executable, "train.py", "--epochs", "1", "--batch-size", "64", "--train-limit", "3000",
-                        "--quiet", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+                        "--eval-limit", "500", "--quiet", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out / "model.pt"
 
@@ -167,3 +167,77 @@ def test_an_old_layout_checkpoint_is_one_clear_line(tmp_path):
     r = predict("--checkpoint", str(old), "x.png")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and "written by an older version of this repo" in r.stderr
+
+
+def saved_with(checkpoint, tmp_path, change):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["model"] = change(dict(ckpt["model"]))
+    torch.save(ckpt, tmp_path / "model.pt")
+    return tmp_path / "model.pt"
+
+
+def huge(m):
+    """dim 2**31 throughout: a few bytes in the file, terabytes if built."""
+    big = 2 ** 31
+    return dict(m, dim=big, blocks=[dict(tokens=b["tokens"], features=[big, b["features"][1], big]) for b in m["blocks"]])
+
+
+@pytest.mark.parametrize("change,lines", [
+    (lambda m: dict(m, act="swish"), ["act='swish' is not one of ('relu', 'gelu')"]),
+    (lambda m: dict(m, widht=3, depth=2), ["unknown model config fields ['depth', 'widht']"]),
+    (lambda m: dict(m, dim="wide"), ["dim='wide' should be an int"]),
+    (huge, ["stem.embed.weight: the file holds [64, 16], the config makes [2147483648, 16]",
+            "classifier.head.weight: the file holds [10, 64], the config makes [10, 2147483648]"]),
+])
+def test_a_model_pt_with_a_bad_config_is_named_line_by_line_before_the_net_is_built(checkpoint, tmp_path, change,
+                                                                                   lines):
+    bad = saved_with(checkpoint, tmp_path, change)
+    p = subprocess.Popen([sys.executable, "predict.py", "--checkpoint", str(bad), str(tmp_path / "x.png")], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = p.communicate(timeout=120)
+    assert p.returncode == 1 and "Traceback" not in stderr and f"error: cannot load {bad}" in stderr
+    for line in lines:
+        assert f"\n  {line}" in stderr, stderr
+
+
+def test_a_file_is_decoded_only_by_the_allowed_formats(arrays, checkpoint, tmp_path, monkeypatch):
+    """An EPS file named photo.png would have Pillow run Ghostscript on it: it is refused before any EPS code
+    runs, with one line naming the formats read, and the other files still get answers."""
+    from PIL import EpsImagePlugin
+    from predict import predict_files
+    eps = tmp_path / "photo.png"
+    eps.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n0 0 moveto 28 28 lineto stroke\nshowpage\n%%EOF\n")
+    with Image.open(eps) as im:
+        assert im.format == "EPS", "Pillow alone takes it for what it is"
+    opened = []
+    original = EpsImagePlugin.EpsImageFile._open
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(1) or original(self))
+    good = tmp_path / "good.png"
+    Image.fromarray(arrays["test_x"][0].numpy(), mode="L").save(good)
+    results = predict_files(load_model(checkpoint), [eps, good])
+    assert opened == [], "no EPS code ran"
+    assert results[0]["error"].startswith("not a readable image") and "PNG, JPEG, GIF, BMP, TIFF, WebP" in results[0]["error"]
+    assert "top" in results[1]
+
+
+@pytest.mark.parametrize("error", [NotImplementedError, OverflowError, MemoryError, __import__("struct").error])
+def test_what_pillows_own_fuzzing_expects_is_one_bad_file_not_an_aborted_batch(arrays, checkpoint, tmp_path,
+                                                                               monkeypatch, error):
+    """Pillow's fuzzers treat these exceptions from a hostile file as expected; such a file cannot be made to
+    order, so the decoder step raises it here."""
+    import predict
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(arrays["test_x"][i].numpy(), mode="L").save(files[-1])
+    real = predict.to_gray8
+    calls = []
+
+    def decode(im):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error("hostile")
+        return real(im)
+    monkeypatch.setattr(predict, "to_gray8", decode)
+    results = predict.predict_files(load_model(checkpoint), files)
+    assert results[0]["error"].startswith(f"not a readable image ({error.__name__}") and "top" in results[1]

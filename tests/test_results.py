@@ -66,6 +66,7 @@ def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_run
     for i, acc in enumerate((0.91, 0.92, 0.93)):
         (runs / f"quick-{i}.json").write_text(json.dumps(run_json("quick", i, acc)))
     (runs / "smoke.json").write_text(json.dumps(run_json("quick", 9, 0.5, train_limit=1000)))
+    (runs / "eval-smoke.json").write_text(json.dumps(run_json("quick", 8, 0.99, eval_limit=500)))
     (runs / "curve.json").write_text(json.dumps(run_json("seed", 0, 0.86, curve=True)))
     table = render.render_presets(tmp_path)
     assert table.count("| `quick` |") == 1 and "`seed`" not in table
@@ -166,6 +167,7 @@ def test_frontier_table_marks_the_best_so_far_and_skips_subset_and_curve_runs(tm
     (tmp_path / "trials" / "slow.json").write_text(json.dumps(slow_worse))
     (tmp_path / "runs" / "preset.json").write_text(json.dumps(run_json("quick", 1, 0.90)))
     (tmp_path / "runs" / "subset.json").write_text(json.dumps(run_json("quick", 2, 0.99, train_limit=500)))
+    (tmp_path / "trials" / "eval-smoke.json").write_text(json.dumps(run_json("quick", 3, 0.99, eval_limit=200)))
     (tmp_path / "runs" / "curve.json").write_text(json.dumps(run_json("seed", 0, 0.99, curve=True)))
     rows = render.render_frontier(tmp_path).splitlines()[2:]
     assert [r.split("|")[1].strip() for r in rows] == ["60", "120", "200"], "sorted by training seconds"
@@ -181,7 +183,7 @@ def test_frontier_table_marks_the_best_so_far_and_skips_subset_and_curve_runs(tm
 def test_max_seconds_caps_a_trial_and_the_record_says_so(tmp_path):
     out = tmp_path / "capped"
     r = subprocess.run([sys.executable, "train.py", "--epochs", "4", "--batch-size", "64", "--train-limit", "640",
-                        "--max-seconds", "0.001", "--quiet", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+                        "--eval-limit", "256", "--max-seconds", "0.001", "--quiet", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 1 and m["capped"] is True and m["max_seconds"] == 0.001 \

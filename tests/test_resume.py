@@ -13,7 +13,8 @@ from train import run
 
 load_checkpoint = checkpoint.load
 
-SMALL = ["--preset", "sprint", "--batch-size", "64", "--train-limit", "1500", "--quiet", "--device", "cpu"]
+SMALL = ["--preset", "sprint", "--batch-size", "64", "--train-limit", "1500", "--eval-limit", "500", "--quiet",
+         "--device", "cpu"]
 train = train_py
 # The sprint preset validates a moving average (recipe.ema) and trains with Muon (recipe.optimizer); RAW runs
 # do neither, so resume is tested with both optimisers' checkpoint states.
@@ -70,9 +71,11 @@ def test_resuming_with_another_config_is_one_clear_error(straight):
     """The notebook resumes with its own preset: a different one is refused before anything is written."""
     files = lambda: {p.name: p.stat().st_mtime_ns for p in straight.iterdir() if p.name != ".lock"}  # noqa: E731
     before = files()
-    with pytest.raises(checkpoint.CheckpointError, match="trained with another configuration") as e:
-        run(*get_preset("seed"), out_dir=straight, resume=True, live=False, log=lambda s: None)
-    assert "checkpoint: {" in str(e.value) and "requested:  {" in str(e.value)
+    with pytest.raises(checkpoint.CheckpointError, match="a resumed run keeps its own settings") as e:
+        run(*get_preset("seed"), preset="sprint", train_limit=1500, eval_limit=500, out_dir=straight, resume=True,
+            live=False, log=lambda s: None)
+    assert "optimizer='adam' (the run has 'muon')" in str(e.value) and "patch=4 (the run has 7)" in str(e.value)
+    assert "preset=" not in str(e.value), "only what differs is named"
     assert files() == before, "nothing written"
 
 
@@ -155,3 +158,91 @@ def test_ema_decay_ramps_up_so_short_runs_are_not_stuck_near_initialisation():
     counts = [torch.tensor(3)]
     update(counts, [torch.tensor(7)], torch.tensor(5))
     assert counts[0].item() == 7, "integer buffers (BatchNorm's counter) are copied, not averaged"
+
+
+def files_of(run_dir):
+    return {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.name != ".lock"}
+
+
+def copy_run(src, dst):
+    import shutil
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--lr", "0.5"], "lr=0.5 (the run has 0.005)"),
+    (["--batch-size", "32"], "batch_size=32 (the run has 64)"),
+    (["--set", "patch=4"], "patch=4 (the run has 7)"),
+    (["--set", "ema=0"], "ema=0.0 (the run has 0.998)"),
+    (["--preset", "quick"], "preset='quick' (the run has 'sprint')"),
+    (["--seed", "3"], "seed=3 (the run has 0)"),
+    (["--train-limit", "1000"], "train_limit=1000 (the run has 1500)"),
+    (["--eval-limit", "100"], "eval_limit=100 (the run has 500)"),
+    (["--precision", "OTHER"], "precision='OTHER' (the run has 'OWN')"),
+    (["--epochs", "1"], "epochs=1: the run has already trained 2 epochs"),
+])
+def test_resume_refuses_every_changed_setting_by_name_and_writes_nothing(straight, args, named):
+    own = load_checkpoint(straight / "last.pt")["precision"]  # auto: bf16 or fp32, by the CPU
+    other = "fp32" if own == "bf16" else "bf16"
+    args, named = [other if a == "OTHER" else a for a in args], named.replace("OTHER", other).replace("OWN", own)
+    before = files_of(straight)
+    r = train("--resume", str(straight), "--quiet", *args)
+    assert r.returncode == 1 and named in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1, "one line"
+    assert files_of(straight) == before
+
+
+def test_resume_with_the_runs_own_settings_is_accepted(straight, tmp_path):
+    out = copy_run(straight, tmp_path / "again")
+    r = train("--resume", str(out), "--quiet", "--preset", "sprint", "--seed", "0", "--train-limit", "1500",
+              "--epochs", "2", "--precision", "fp32")
+    assert r.returncode == 0, r.stderr
+
+
+def test_resume_with_more_epochs_extends_the_run_and_says_so(straight, tmp_path):
+    """timm's and nanoGPT's --resume with a larger --epochs: the run goes on; the schedule is the new length's
+    from the next step; the record lists the extension."""
+    out = copy_run(straight, tmp_path / "extended")
+    r = train("--resume", str(out), "--epochs", "3", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "extending the run from 2 to 3 epochs" in r.stdout and "epochs 3-3" in r.stdout
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, out))
+    assert b["epochs"] == 3 and b["recipe"]["epochs"] == 3
+    assert b["extended"] == [dict(at_epoch=2, epochs_from=2, epochs_to=3)] and a["extended"] == []
+    assert without_timing(b["history"])[:2] == without_timing(a["history"])
+    last = load_checkpoint(out / "last.pt")
+    steps = 3 * -(-1500 // 64)
+    recipe = get_preset("sprint", batch_size=64, epochs=3)[1]
+    assert last["scheduler"]["last_epoch"] == steps and last["extended"] == b["extended"]
+    # epoch 3 ran at the 3-epoch cosine's rates: its first step's rate is the recorded one
+    assert b["history"][2]["lr"] == pytest.approx(recipe.lr * recipe.lr_factor(2 * steps // 3, steps // 3))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--out", "OTHER", "--resume", "RUN"], "name two directories"),
+    (["--out", "RUN", "--from", "best.pt"], "--from best.pt needs --resume DIR"),
+])
+def test_resume_flags_that_contradict_each_other_are_refused(straight, tmp_path, args, message):
+    args = [str(straight) if a == "RUN" else str(tmp_path / "other") if a == "OTHER" else a for a in args]
+    before = files_of(straight)
+    r = train(*args, "--quiet")
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert files_of(straight) == before and not (tmp_path / "other").exists()
+
+
+def test_a_fresh_run_into_a_used_run_directory_is_refused_naming_what_is_there(straight):
+    before = files_of(straight)
+    r = train(*SMALL, "--epochs", "2", "--out", str(straight))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "training on" not in r.stdout
+    assert f"run directory {straight} already holds a run (run.json, last.pt, best.pt, model.pt" in r.stderr
+    assert f"--resume {straight}" in r.stderr and "another output directory" in r.stderr
+    assert files_of(straight) == before
+
+
+def test_resume_checks_best_pt_belongs_to_the_run(straight, straight_raw, tmp_path):
+    """A best.pt of another run beside this run's last.pt is named, not loaded as this run's best weights."""
+    out = copy_run(straight, tmp_path / "mixed")
+    (out / "best.pt").write_bytes((straight_raw / "best.pt").read_bytes())
+    r = train("--resume", str(out), "--quiet")
+    assert r.returncode == 1 and f"{out / 'best.pt'} belongs to another run" in r.stderr

@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT / "results"))
 import render  # noqa: E402
 
 TINY = dict(presets=["seed", "quick"], patches=[2, 4, 7], seeds=[0, 1], epochs_seed=1, epochs_quick=1,
-            train_limit=256, resume=True, command="pytest tiny study")
+            train_limit=256, eval_limit=200, resume=True, command="pytest tiny study")
 
 
 def run_study(tmp_path, name):
@@ -46,3 +46,24 @@ def test_study_notebook_runs_with_tiny_parameters_and_resumes(tmp_path):
     # a second execution reuses every finished run instead of training again
     _, again = run_study(tmp_path, "second")
     assert [r["history"] for r in again["rows"]] == [r["history"] for r in st["rows"]]
+
+
+def test_the_study_reuses_a_row_only_for_the_same_network_recipe_and_limits(tmp_path):
+    """A row recorded for another network under the same preset name (as `quick` was before commit 5d1395c) is
+    trained again, not stamped with today's commit; an identical one is reused, and the log says which."""
+    import study
+    path, logs = tmp_path / "s.json", []
+    args = (["sprint"], [7], [0], {"sprint": 1}, 128, "cpu", "fp32", path, "pytest")
+    first = study.train_all(*args, log=logs.append, eval_limit=64)
+    record = json.loads(path.read_text())
+    stale = dict(record["rows"][0], val_acc=0.123, model=dict(record["rows"][0]["model"], dim=64))
+    path.write_text(json.dumps(dict(record, rows=[stale])))
+    second = study.train_all(*args, log=logs.append, eval_limit=64)
+    assert second[0]["val_acc"] != 0.123 and second[0]["model"] == first[0]["model"]
+    assert "reused 0 of 1 runs" in logs[-1] and "its other 1 rows were left out" in logs[-1]
+    third = study.train_all(*args, log=logs.append, eval_limit=64)
+    as_saved = json.loads(json.dumps(second[0]["history"]))
+    assert third[0]["history"] == as_saved and "reused 1 of 1 runs" in logs[-1]
+    assert "(reused from the record)" in logs[-2]
+    fourth = study.train_all(*args, log=logs.append, eval_limit=32)  # other limits: another run
+    assert fourth[0]["eval_limit"] == 32 and "reused 0 of 1 runs" in logs[-1]

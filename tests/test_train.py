@@ -1,5 +1,7 @@
 """The training loop, the d2l helpers, train.py as a process and the notebook under papermill."""
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,13 +19,14 @@ from checkpoint import load_model
 from loop import Trainer, best_record, fit
 from model import MLPNet, count_params
 from recipe import get_preset
-from conftest import ROOT
+from conftest import ROOT, without_timing
 
 CPU = torch.device("cpu")
 
 
-def trainer(model, recipe, train_limit, precision="fp32"):
-    return Trainer(MLPNet(model), recipe, data.loaders(recipe, train_limit=train_limit), CPU, precision)
+def trainer(model, recipe, train_limit, precision="fp32", eval_limit=None):
+    return Trainer(MLPNet(model), recipe, data.loaders(recipe, train_limit=train_limit, eval_limit=eval_limit), CPU,
+                   precision)
 
 
 def test_short_real_training_run_learns(tmp_path):
@@ -46,8 +49,8 @@ def test_bf16_autocast_trains_like_fp32():
     accs = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        history = fit(trainer(*get_preset("sprint", epochs=1, batch_size=64), 3000, precision), log=lambda s: None,
-                      progress=False)
+        history = fit(trainer(*get_preset("sprint", epochs=1, batch_size=64), 3000, precision, eval_limit=1000),
+                      log=lambda s: None, progress=False)
         accs[precision] = history[-1]["val_acc"]
     assert accs["fp32"] > 0.5 and abs(accs["bf16"] - accs["fp32"]) < 0.03, accs
 
@@ -158,31 +161,52 @@ def run_train(*args, **kw):
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, **kw)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: native here or emulated, the same path
-def test_train_py_writes_metrics_model_and_curves(tmp_path, precision):
+def test_train_py_writes_metrics_model_and_curves(tmp_path):
     out = tmp_path / "run"
-    r = run_train("--preset", "default", "--epochs", "1", "--batch-size", "64", "--train-limit", "4000", "--out", str(out),
-                  "--quiet", "--precision", precision)
+    r = run_train("--preset", "default", "--epochs", "1", "--batch-size", "64", "--train-limit", "4000",
+                  "--eval-limit", "1000", "--out", str(out), "--quiet", "--precision", "fp32")
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     for key in ("preset", "model", "recipe", "params", "device", "epochs", "history", "val_acc", "test_acc", "train_seconds"):
         assert key in m
     assert m["preset"] == "default" and m["params"] == count_params(MLPNet(get_preset("default")[0]))
-    assert m["epochs"] == 1 and m["train_limit"] == 4000 and m["precision"] == precision
+    assert m["epochs"] == 1 and m["train_limit"] == 4000 and m["precision"] == "fp32"
+    assert m["eval_limit"] == 1000 and m["val_images"] == m["test_images"] == 1000 and m["eval_views"] == 10
     assert set(m["history"][0]) >= {"epoch", "train_loss", "train_acc", "val_acc", "seconds"}
     assert 0.5 < m["test_acc"] <= 1  # 63 steps; chance is 0.1
     net = load_model(out / "model.pt")  # torch.load(..., weights_only=True) of model config + weights
     assert set(torch.load(out / "model.pt", weights_only=True)) == {"format", "model", "preset", "state_dict"}
-    _, _, te = mu.fashion_mnist_loaders(1000)
-    # re-evaluated in the run's own precision: bf16 and fp32 logits can rank a borderline image differently
+    _, _, te = mu.fashion_mnist_loaders(1000, eval_limit=1000)
     assert mu.evaluate_accuracy(net, te, precision=m["precision"]) == m["test_acc"]
     assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_a_bf16_run_resumes_and_is_reevaluated_in_its_own_precision(tmp_path):
+    """bf16 (native on AVX512-BF16/AMX CPUs and GPUs, emulated elsewhere: the same path, so kept small): a run
+    killed while writing epoch 2's checkpoint resumes in bf16 without being told (auto would pick fp32 on a
+    CPU without native bf16) and ends bit for bit as the straight run; model.pt re-evaluated in bf16 gives
+    the recorded test accuracy (bf16 and fp32 logits can rank a borderline image differently)."""
+    args = ["--preset", "sprint", "--epochs", "2", "--batch-size", "64", "--train-limit", "640", "--eval-limit",
+            "256", "--quiet", "--precision", "bf16"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert run_train(*args, "--out", str(straight)).returncode == 0
+    r = run_train(*args, "--out", str(killed), env={**os.environ, "MLP_FAILPOINT": "before-rename:last.pt:2"})
+    assert r.returncode == -signal.SIGKILL and checkpoint.load(killed / "last.pt")["epoch"] == 1
+    r = run_train("--resume", str(killed), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "training on cpu in bf16: epochs 2-2" in r.stdout
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, killed))
+    assert b["precision"] == "bf16" and without_timing(a["history"]) == without_timing(b["history"])
+    assert 0.1 < b["test_acc"] == a["test_acc"] <= 1
+    _, _, te = mu.fashion_mnist_loaders(64, eval_limit=256)
+    net = load_model(killed / "model.pt")
+    assert mu.evaluate_accuracy(net, te, precision="bf16") == b["test_acc"]
 
 
 def test_train_py_set_overrides_and_test_curve(tmp_path):
     out = tmp_path / "run"
     r = run_train("--preset", "quick", "--epochs", "2", "--set", "epochs=9", "--train-limit", "1000", "--set", "patch=7",
-                  "--set", "erase=0.25", "--test-curve", "--out", str(out), "--quiet")
+                  "--set", "erase=0.25", "--test-curve", "--eval-limit", "500", "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"]["patch"] == 7 and m["recipe"]["erase"] == 0.25 and m["epochs"] == 2, "--epochs wins"
@@ -215,7 +239,7 @@ def test_notebook_runs_top_to_bottom_with_papermill(tmp_path):
     out = tmp_path / "nb-run"
     executed = tmp_path / "executed.ipynb"
     pm.execute_notebook(str(ROOT / "notebooks" / "fashion_mnist_mlp.ipynb"), str(executed),
-                        parameters=dict(epochs=2, batch_size=64, train_limit=3000, out_dir=str(out)),
+                        parameters=dict(epochs=2, batch_size=64, train_limit=3000, eval_limit=1000, out_dir=str(out)),
                         cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
     nb = nbformat.read(executed, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
@@ -228,6 +252,7 @@ def test_notebook_runs_top_to_bottom_with_papermill(tmp_path):
     assert not [o for o in train_cell.outputs if o.output_type == "stream" and "epoch" in o.text]
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 2 and m["train_limit"] == 3000 and 0.5 < m["test_acc"] <= 1
+    assert m["eval_limit"] == 1000 and m["val_images"] == m["test_images"] == 1000 and m["eval_views"] == 10
     assert (out / "model.pt").exists() and (out / "curves.png").exists()
 
 
