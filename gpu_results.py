@@ -55,7 +55,8 @@ def plan(args, parts) -> dict:
     for preset in ("best", "seed", "quick"):
         _, r = get_preset(preset)
         steps[preset] = (r.epochs if not args.dry_run else 1, -(-(60000 - r.val_size) // r.batch_size))
-    ms = {p: probe_ms_per_step(p, args.device, args.precision) for p in steps}
+    probe = dict(steps=2, warmup=1) if args.dry_run else {}  # the dry run checks the path, not the timing
+    ms = {p: probe_ms_per_step(p, args.device, args.precision, **probe) for p in steps}
     est = {p: ms[p] * e * n / 1000 for p, (e, n) in steps.items()}
     out = dict(ms_per_step=ms, full_recipe_training_s=est, cap_s=args.cap, parts=list(parts),
                fits_in_cap={p: est[p] <= args.cap for p in est}, note="probe alone on the device; the parts "
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     from results import records
     records.git_commit()
     started = time.time()
-    tiny = ["--epochs", "1", "--train-limit", "512", "--eval-limit", "256"] if args.dry_run else []
+    tiny = ["--epochs", "1", "--train-limit", "256", "--eval-limit", "128"] if args.dry_run else []
     common = ["--device", args.device, "--precision", args.precision, "--quiet", "--max-seconds", str(args.cap)]
     jobs = {}
     if "best" not in args.skip:
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     if "study" not in args.skip:
         params = dict(seeds=[0] if args.dry_run else [0, 1, 2], patches=[4, 7] if args.dry_run else [2, 4, 7],
                       epochs={"seed": 1, "quick": 1} if args.dry_run else {"seed": 2},
-                      train_limit=512 if args.dry_run else None, eval_limit=256 if args.dry_run else None)
+                      train_limit=256 if args.dry_run else None, eval_limit=128 if args.dry_run else None)
         code = ("import study, json; study.study(**json.loads({!r}), device={!r}, precision={!r}, json_path={!r}, "
                 "png_path={!r}, command={!r}, resume=False, max_seconds={!r})").format(
             json.dumps(params), args.device, args.precision, str(out / "patch_study.json"),

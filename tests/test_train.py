@@ -186,8 +186,8 @@ def test_a_bf16_run_resumes_and_is_reevaluated_in_its_own_precision(tmp_path):
     killed while writing epoch 2's checkpoint resumes in bf16 without being told (auto would pick fp32 on a
     CPU without native bf16) and ends bit for bit as the straight run; model.pt re-evaluated in bf16 gives
     the recorded test accuracy (bf16 and fp32 logits can rank a borderline image differently)."""
-    args = ["--preset", "sprint", "--epochs", "2", "--batch-size", "64", "--train-limit", "640", "--eval-limit",
-            "256", "--quiet", "--precision", "bf16"]
+    args = ["--preset", "sprint", "--epochs", "2", "--batch-size", "64", "--train-limit", "320", "--eval-limit",
+            "128", "--quiet", "--precision", "bf16"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert run_train(*args, "--out", str(straight)).returncode == 0
     r = run_train(*args, "--out", str(killed), env={**os.environ, "MLP_FAILPOINT": "before-rename:last.pt:2"})
@@ -198,7 +198,7 @@ def test_a_bf16_run_resumes_and_is_reevaluated_in_its_own_precision(tmp_path):
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, killed))
     assert b["precision"] == "bf16" and without_timing(a["history"]) == without_timing(b["history"])
     assert 0.1 < b["test_acc"] == a["test_acc"] <= 1
-    _, _, te = mu.fashion_mnist_loaders(64, eval_limit=256)
+    _, _, te = mu.fashion_mnist_loaders(64, eval_limit=128)
     net = load_model(killed / "model.pt")
     assert mu.evaluate_accuracy(net, te, precision="bf16") == b["test_acc"]
 
