@@ -214,6 +214,10 @@ def render_patch_study(folder: Path) -> str:
     lines = [records.study_table(st["summary"])]
     lines += ["", f"`{st['command']}` on {st['hardware']}, {st['precision']}, commit {str(st['git_commit'])[:7]}. "
               + " ".join(st["verdict"])]
+    if any("model" not in r for r in st.get("rows", [])):
+        lines[-1] += (f" These rows predate the record of each run's model config: each preset is the network it "
+                      f"was at commit {str(st['git_commit'])[:7]} (`quick` has changed since), and `make study` "
+                      f"trains them again instead of reusing them.")
     return "\n".join(lines)
 
 

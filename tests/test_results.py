@@ -211,3 +211,18 @@ def test_muon_ns_renders_one_row_per_machine_and_refuses_a_malformed_file(tmp_pa
     (tmp_path / "muon_ns_cpu.json").write_text(json.dumps({"step_ms": {}}))
     with pytest.raises(render.ResultsError, match="muon_ns_cpu.json lacks"):
         render.render_muon_ns(tmp_path)
+
+
+def test_a_patch_study_without_model_configs_says_its_presets_are_of_its_commit(tmp_path):
+    """Rows recorded before each run's model config was (the `quick` of before 5d1395c): the table says which
+    network they are and that `make study` will not reuse them."""
+    row = dict(preset="quick", patch=4, seed=0, epochs=1, train_limit=None)
+    summary = [dict(preset="quick", patch=4, patches=49, runs=1, epochs=1, params=1000, gflops=0.03, sec_per_epoch=10.0,
+                    val_acc=0.9, val_std=0.0, test_acc=0.89, test_std=0.0)]
+    study = dict(summary=summary, verdict=[], hardware="cpu", precision="fp32", command="make study",
+                 git_commit="cbd49ddf00", rows=[row])
+    (tmp_path / "patch_study.json").write_text(json.dumps(study))
+    assert "the network it was at commit cbd49dd" in render.render_patch_study(tmp_path)
+    study["rows"] = [dict(row, model={"patch": 4}, recipe={})]
+    (tmp_path / "patch_study.json").write_text(json.dumps(study))
+    assert "the network it was at commit" not in render.render_patch_study(tmp_path)
