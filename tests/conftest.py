@@ -32,6 +32,22 @@ def train_py(*args, env=None, timeout=600):
                           env=dict(os.environ, **(env or {})), timeout=timeout)
 
 
+def train_main(*args, capsys):
+    """train.py's command line in this process (`train.main`): for checks that end before training, where a
+    new process would spend its seconds importing torch. Returns (exit code, stdout, stderr)."""
+    import train
+    capsys.readouterr()
+    try:
+        train.main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def start_train_py(*args):
     return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

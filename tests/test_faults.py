@@ -2,14 +2,16 @@
 last.pt, a full disk mid-run. Each is injected for real (processes, SIGKILL, a small tmpfs) on small data."""
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 import checkpoint
-from conftest import finished_run, start_train_py, train_py, wait_for, without_timing
+from conftest import ROOT, finished_run, start_train_py, train_py, wait_for, without_timing
 
 SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--eval-limit", "500", "--quiet",
          "--device", "cpu", "--precision", "fp32"]
@@ -24,6 +26,16 @@ def history(run_dir):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     return finished_run(tmp_path_factory, *SMALL, "--epochs", "3")
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    return finished_run(tmp_path_factory, *SMALL, "--epochs", "2")
+
+
+def copy_of(run_dir, dst):
+    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
 
 
 def test_a_second_run_into_a_live_run_directory_stops_at_once_naming_it(tmp_path, straight):
@@ -79,10 +91,8 @@ def test_sigkill_during_checkpoint_writes_keeps_the_previous_and_resumes(tmp_pat
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "another run's"])
-def test_a_damaged_last_pt_names_the_file_and_offers_best_pt(tmp_path, straight, damage):
-    out = tmp_path / "damaged"
-    r = train(*SMALL, "--epochs", "2", "--out", str(out))
-    assert r.returncode == 0, r.stderr
+def test_a_damaged_last_pt_names_the_file_and_offers_best_pt(tmp_path, straight, two_epochs, damage):
+    out = copy_of(two_epochs, tmp_path / "damaged")
     last = out / "last.pt"
     if damage == "truncated":
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
@@ -99,9 +109,8 @@ def test_a_damaged_last_pt_names_the_file_and_offers_best_pt(tmp_path, straight,
     assert "start afresh" in r.stderr
 
 
-def test_resume_from_best_pt_continues_from_its_epoch(tmp_path):
-    out = tmp_path / "frombest"
-    assert train(*SMALL, "--epochs", "2", "--out", str(out)).returncode == 0
+def test_resume_from_best_pt_continues_from_its_epoch(tmp_path, two_epochs):
+    out = copy_of(two_epochs, tmp_path / "frombest")
     (out / "last.pt").write_bytes(b"")
     epoch = checkpoint.load(out / "best.pt")["epoch"]
     r = train("--resume", str(out), "--from", "best.pt", "--quiet")
@@ -110,7 +119,7 @@ def test_resume_from_best_pt_continues_from_its_epoch(tmp_path):
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
 
 
-def test_disk_full_mid_run_stops_cleanly_and_resumes_once_space_is_freed(tmp_path):
+def test_disk_full_mid_run_stops_cleanly_and_resumes_once_space_is_freed(tmp_path, straight):
     mnt = tmp_path / "disk"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True).returncode:
@@ -118,11 +127,11 @@ def test_disk_full_mid_run_stops_cleanly_and_resumes_once_space_is_freed(tmp_pat
             pytest.fail("cannot mount a tmpfs (needs root), and CI must run this test")
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
-        args = [*SMALL, "--train-limit", "6000", "--epochs", "3"]  # 6,000 images: an epoch lasts a while
-        straight = tmp_path / "straight"
-        assert train(*args, "--out", str(straight)).returncode == 0
         out = mnt / "run"
-        p = start(*args, "--out", str(out))
+        # each epoch made 5 s longer (a fault point): the disk is filled while epoch 2 trains, before its write
+        p = subprocess.Popen([sys.executable, "train.py", *SMALL, "--epochs", "3", "--out", str(out)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, MLP_FAILPOINT="slow-epoch:rank0:5"))
         wait_for(out / "last.pt", p)
         free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
         filler = mnt / "filler"

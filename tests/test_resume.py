@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import checkpoint
-from conftest import finished_run, start_train_py, train_py, wait_for, without_timing
+from conftest import finished_run, start_train_py, train_main, train_py, wait_for, without_timing
 from recipe import get_preset
 from train import run
 
@@ -171,7 +171,7 @@ def copy_run(src, dst):
 
 
 @pytest.mark.parametrize("args,named", [
-    (["--lr", "0.5"], "lr=0.5 (the run has 0.005)"),
+    pytest.param(["--lr", "0.5"], "lr=0.5 (the run has 0.005)", marks=pytest.mark.process),
     (["--batch-size", "32"], "batch_size=32 (the run has 64)"),
     (["--set", "patch=4"], "patch=4 (the run has 7)"),
     (["--set", "ema=0"], "ema=0.0 (the run has 0.998)"),
@@ -182,14 +182,19 @@ def copy_run(src, dst):
     (["--precision", "OTHER"], "precision='OTHER' (the run has 'OWN')"),
     (["--epochs", "1"], "epochs=1: the run has already trained 2 epochs"),
 ])
-def test_resume_refuses_every_changed_setting_by_name_and_writes_nothing(straight, args, named):
+def test_resume_refuses_every_changed_setting_by_name_and_writes_nothing(straight, args, named, request, capsys):
+    """One case as a process of its own; the others through the same `train.main` in this process."""
     own = load_checkpoint(straight / "last.pt")["precision"]  # auto: bf16 or fp32, by the CPU
     other = "fp32" if own == "bf16" else "bf16"
     args, named = [other if a == "OTHER" else a for a in args], named.replace("OTHER", other).replace("OWN", own)
     before = files_of(straight)
-    r = train("--resume", str(straight), "--quiet", *args)
-    assert r.returncode == 1 and named in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.count("\n") == 1, "one line"
+    if request.node.get_closest_marker("process"):
+        r = train("--resume", str(straight), "--quiet", *args)
+        code, stderr = r.returncode, r.stderr
+    else:
+        code, _, stderr = train_main("--resume", str(straight), "--quiet", *args, capsys=capsys)
+    assert code == 1 and named in stderr and "Traceback" not in stderr, stderr
+    assert stderr.count("\n") == 1, "one line"
     assert files_of(straight) == before
 
 
@@ -223,11 +228,11 @@ def test_resume_with_more_epochs_extends_the_run_and_says_so(straight, tmp_path)
     (["--out", "OTHER", "--resume", "RUN"], "name two directories"),
     (["--out", "RUN", "--from", "best.pt"], "--from best.pt needs --resume DIR"),
 ])
-def test_resume_flags_that_contradict_each_other_are_refused(straight, tmp_path, args, message):
+def test_resume_flags_that_contradict_each_other_are_refused(straight, tmp_path, args, message, capsys):
     args = [str(straight) if a == "RUN" else str(tmp_path / "other") if a == "OTHER" else a for a in args]
     before = files_of(straight)
-    r = train(*args, "--quiet")
-    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    code, _, stderr = train_main(*args, "--quiet", capsys=capsys)
+    assert code == 2 and message in stderr and "Traceback" not in stderr
     assert files_of(straight) == before and not (tmp_path / "other").exists()
 
 

@@ -19,7 +19,7 @@ from checkpoint import load_model
 from loop import Trainer, best_record, fit
 from model import MLPNet, count_params
 from recipe import get_preset
-from conftest import ROOT, without_timing
+from conftest import ROOT, train_main, without_timing
 
 CPU = torch.device("cpu")
 
@@ -217,7 +217,7 @@ def test_train_py_set_overrides_and_test_curve(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--epochs", "0"], "epochs=0 must be positive"),
+    pytest.param(["--epochs", "0"], "epochs=0 must be positive", marks=pytest.mark.process),
     (["--lr", "-1"], "lr=-1.0 must be positive"),
     (["--train-limit", "0"], "--train-limit=0 must be positive"),
     (["--device", "tpu"], "unknown device 'tpu'"),
@@ -228,10 +228,16 @@ def test_train_py_set_overrides_and_test_curve(tmp_path):
     pytest.param(["--device", "cuda"], "'cuda' was requested but is not available",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
-def test_train_py_bad_input_fails_cleanly_before_writing(tmp_path, args, message):
+def test_train_py_bad_input_fails_cleanly_before_writing(tmp_path, args, message, request, capsys):
+    """One case as a process of its own (exit code and stderr as a shell sees them); the others in this process,
+    through the same `train.main`."""
     out = tmp_path / "run"
-    r = run_train(*args, "--out", str(out))
-    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
+    if request.node.get_closest_marker("process"):
+        r = run_train(*args, "--out", str(out))
+        code, stderr = r.returncode, r.stderr
+    else:
+        code, _, stderr = train_main(*args, "--out", str(out), capsys=capsys)
+    assert code != 0 and message in stderr and "Traceback" not in stderr
     assert not out.exists()
 
 
