@@ -32,6 +32,16 @@ def train_py(*args, env=None, timeout=600):
                           env=dict(os.environ, **(env or {})), timeout=timeout)
 
 
+def train_cli(*args, request, capsys):
+    """train.py's command line, as a process for a case marked `process`, else in this process (`train_main`).
+    Returns (exit code, stderr)."""
+    if request.node.get_closest_marker("process"):
+        r = train_py(*args)
+        return r.returncode, r.stderr
+    code, _, err = train_main(*args, capsys=capsys)
+    return code, err
+
+
 def train_main(*args, capsys):
     """train.py's command line in this process (`train.main`): for checks that end before training, where a
     new process would spend its seconds importing torch. Returns (exit code, stdout, stderr)."""

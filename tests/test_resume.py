@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import checkpoint
-from conftest import finished_run, start_train_py, train_main, train_py, wait_for, without_timing
+from conftest import finished_run, start_train_py, train_cli, train_main, train_py, wait_for, without_timing
 from recipe import get_preset
 from train import run
 
@@ -188,11 +188,7 @@ def test_resume_refuses_every_changed_setting_by_name_and_writes_nothing(straigh
     other = "fp32" if own == "bf16" else "bf16"
     args, named = [other if a == "OTHER" else a for a in args], named.replace("OTHER", other).replace("OWN", own)
     before = files_of(straight)
-    if request.node.get_closest_marker("process"):
-        r = train("--resume", str(straight), "--quiet", *args)
-        code, stderr = r.returncode, r.stderr
-    else:
-        code, _, stderr = train_main("--resume", str(straight), "--quiet", *args, capsys=capsys)
+    code, stderr = train_cli("--resume", str(straight), "--quiet", *args, request=request, capsys=capsys)
     assert code == 1 and named in stderr and "Traceback" not in stderr, stderr
     assert stderr.count("\n") == 1, "one line"
     assert files_of(straight) == before
@@ -200,8 +196,9 @@ def test_resume_refuses_every_changed_setting_by_name_and_writes_nothing(straigh
 
 def test_resume_with_the_runs_own_settings_is_accepted(straight, tmp_path):
     out = copy_run(straight, tmp_path / "again")
+    own = load_checkpoint(straight / "last.pt")["precision"]  # auto: bf16 or fp32, by the CPU
     r = train("--resume", str(out), "--quiet", "--preset", "sprint", "--seed", "0", "--train-limit", "1500",
-              "--epochs", "2", "--precision", "fp32")
+              "--eval-limit", "500", "--epochs", "2", "--precision", own)
     assert r.returncode == 0, r.stderr
 
 

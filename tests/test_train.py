@@ -19,7 +19,7 @@ from checkpoint import load_model
 from loop import Trainer, best_record, fit
 from model import MLPNet, count_params
 from recipe import get_preset
-from conftest import ROOT, train_main, without_timing
+from conftest import ROOT, train_cli, without_timing
 
 CPU = torch.device("cpu")
 
@@ -232,11 +232,7 @@ def test_train_py_bad_input_fails_cleanly_before_writing(tmp_path, args, message
     """One case as a process of its own (exit code and stderr as a shell sees them); the others in this process,
     through the same `train.main`."""
     out = tmp_path / "run"
-    if request.node.get_closest_marker("process"):
-        r = run_train(*args, "--out", str(out))
-        code, stderr = r.returncode, r.stderr
-    else:
-        code, _, stderr = train_main(*args, "--out", str(out), capsys=capsys)
+    code, stderr = train_cli(*args, "--out", str(out), request=request, capsys=capsys)
     assert code != 0 and message in stderr and "Traceback" not in stderr
     assert not out.exists()
 
