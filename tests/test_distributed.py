@@ -79,3 +79,36 @@ def test_each_rank_draws_its_own_dropout_and_rank_0_keeps_the_single_process_str
         seed_everything(3, **({} if rank is None else {"rank": rank}))
         draws[rank] = torch.rand(4)
     assert torch.equal(draws[0], draws[None]) and not torch.equal(draws[0], draws[1])
+
+
+def test_a_resumed_rank_restores_its_own_random_state_and_the_gpus():
+    """The checkpoint holds each rank's torch state (`rng["ranks"]`, gathered by rank 0); on resume rank r takes
+    its own, so its dropout replays instead of becoming rank 0's. A CUDA device's generator is in the state too
+    (on a GPU machine; here the CPU's)."""
+    import data
+    from loop import rng_state, set_rng_state
+    loader = data.FastLoader(torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2)
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(rng_state(loader, torch.device("cpu")))
+    expected = [torch.rand(3, generator=torch.Generator().set_state(s["torch"])) for s in states]
+    saved = dict(states[0], ranks=[dict(torch=s["torch"]) for s in states])
+    for rank in (0, 1):
+        set_rng_state(saved, loader, torch.device("cpu"), rank)
+        assert torch.equal(torch.rand(3), expected[rank]), rank
+    assert "cuda" not in states[0], "a CPU run holds no GPU state"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+def test_the_gpus_random_state_is_checkpointed_and_restored():
+    import data
+    from loop import rng_state, set_rng_state
+    dev = torch.device("cuda")
+    loader = data.FastLoader(torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2)
+    torch.cuda.manual_seed(7)
+    state = rng_state(loader, dev)
+    first = torch.rand(3, device=dev)
+    torch.rand(100, device=dev)
+    set_rng_state(state, loader, dev)
+    assert "cuda" in state and torch.equal(torch.rand(3, device=dev), first)
