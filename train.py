@@ -152,7 +152,7 @@ def resumed_settings(state: dict, model, recipe, given: dict, precision: str) ->
     saved = dict(state["recipe"])
     wanted = recipe.to_dict() if recipe is not None else saved
     differ = [f"{k}={wanted[k]!r} (the run has {saved[k]!r})" for k in saved if k != "epochs" and wanted[k] != saved[k]]
-    if model is not None and model.to_dict() != state["model"]:
+    if model is not None:
         differ += [f"{k}={v!r} (the run has {state['model'][k]!r})" for k, v in model.to_dict().items()
                    if v != state["model"][k]]
     differ += [f"{k}={v!r} (the run has {state.get(k)!r})" for k, v in given.items()
