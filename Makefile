@@ -35,7 +35,7 @@ $(STAMP): requirements.txt constraints.txt
 setup: $(STAMP)
 
 data: $(STAMP)
-	$(PY) data.py
+	$(PY) -m mlp.data
 
 # The whole run, kernel start to saved files, is timed into $(RUN)/wall.json.
 run: data
@@ -60,32 +60,32 @@ test: data browser
 
 # The speed benchmark (about 15 minutes on a 2-core CPU; BENCH_ARGS=--quick for a smoke run).
 bench: data
-	$(PY) bench.py --out $(or $(BENCH_OUT),bench.json) $(BENCH_ARGS)
+	$(PY) tools/bench.py --out $(or $(BENCH_OUT),bench.json) $(BENCH_ARGS)
 
 # ARGS: papermill parameters, e.g. ARGS='-p epochs_seed 1 -y "seeds: [0]"'. Resumes from results/patch_study.json.
 study: data
 	@mkdir -p $(RUN)
 	$(PY) -m papermill --cwd notebooks notebooks/patch_size_study.ipynb $(RUN)/patch_size_study.ipynb $(ARGS)
-	$(PY) results/render.py
+	$(PY) tools/render.py
 
 seeds: data
 	for s in $(SEEDS); do \
 		$(PY) train.py --preset $(PRESET) --seed $$s --out runs/$(PRESET)-$(TAG)-seed$$s --quiet $(ARGS) || exit 1; done
-	$(PY) results/render.py --record-run $(foreach s,$(SEEDS),runs/$(PRESET)-$(TAG)-seed$(s))
+	$(PY) tools/render.py --record-run $(foreach s,$(SEEDS),runs/$(PRESET)-$(TAG)-seed$(s))
 
 seed-curve: data
 	$(PY) train.py --preset seed --epochs $(EPOCHS) --test-curve --out runs/seed-curve-$(TAG) --quiet $(ARGS)
-	$(PY) results/render.py --record-run runs/seed-curve-$(TAG)
+	$(PY) tools/render.py --record-run runs/seed-curve-$(TAG)
 
 # On a CUDA machine, with or without a venv; FASHION_MNIST_DIR=... where the data was carried along.
 gpu-results:
-	$(PYTHON) gpu_results.py --out $(GPU_OUT) $(ARGS)
-	@echo "then: cp -r $(GPU_OUT)/runs $(GPU_OUT)/*.json $(GPU_OUT)/*.png results/ && python3 results/render.py"
+	$(PYTHON) tools/gpu_results.py --out $(GPU_OUT) $(ARGS)
+	@echo "then: cp -r $(GPU_OUT)/runs $(GPU_OUT)/*.json $(GPU_OUT)/*.png results/ && python3 tools/render.py"
 
 # One frontier trial: train.py with a training-time budget, fp32, kept in results/trials/$(NAME).json.
 trial: data
 	$(PY) train.py --precision fp32 --max-seconds $(BUDGET) --out runs/$(NAME) --quiet $(ARGS)
-	$(PY) results/render.py --record-trial runs/$(NAME)
+	$(PY) tools/render.py --record-trial runs/$(NAME)
 
 # LAB_ARGS: more jupyter lab options (the browser test passes a port, a token and --no-browser).
 lab: $(STAMP)

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from checkpoint import CheckpointError, load_model
-from data import LABELS
+from mlp.checkpoint import CheckpointError, load_model
+from mlp.data import LABELS
 from model import IMAGE_SIZE, NUM_CLASSES
 
 # Decoding is bounded by the pixel count a file declares, checked before any pixel is decoded: 40 MP is at

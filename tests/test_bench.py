@@ -15,7 +15,7 @@ KEYS = ("reference_img_s", "ours_img_s", "speedup", "peak_gflops", "model_gflops
 
 def test_bench_quick_writes_valid_json(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "bench.py", "--quick", "--device", "cpu", "--out", str(out)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "tools/bench.py", "--quick", "--device", "cpu", "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     b = json.loads(out.read_text())
@@ -34,9 +34,9 @@ def test_bench_quick_writes_valid_json(tmp_path):
 def test_bench_muon_ns_times_both_dtypes_and_names_the_one_used(tmp_path, cap):
     """Under an AVX2 cap torch emulates bf16 matmuls: there MuonAdamW must take fp32 (and the record says so)."""
     import os
-    import hardware
+    from mlp import hardware
     out = tmp_path / "muon.json"
-    r = subprocess.run([sys.executable, "bench.py", "--muon-ns", "--device", "cpu", "--out", str(out)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "tools/bench.py", "--muon-ns", "--device", "cpu", "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300, env={**os.environ, **cap})
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads(out.read_text())
@@ -47,9 +47,9 @@ def test_bench_muon_ns_times_both_dtypes_and_names_the_one_used(tmp_path, cap):
 
 
 def test_reference_network_uses_torch_dropout():
-    from bench import with_torch_dropout
+    from tools.bench import with_torch_dropout
     from model import Dropout, MLPNet
-    from recipe import get_preset
+    from mlp.recipe import get_preset
     net = with_torch_dropout(MLPNet(get_preset("seed")[0]))
     drops = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
     assert len(drops) == 4 and not any(isinstance(m, Dropout) for m in drops) and all(m.p == 0.1 for m in drops)
@@ -59,7 +59,7 @@ def hand_counted_train_flops(preset):
     """Training FLOPs per image from the widths alone: every Linear layer's multiply-adds over its rows (patches
     for the stem and the feature MLPs, features for the token MLPs, one for the head), x2 FLOPs per
     multiply-add, x3 for forward, input-gradient and weight-gradient products (the stem has no input gradient)."""
-    from recipe import get_preset
+    from mlp.recipe import get_preset
     m = get_preset(preset)[0]
     n, macs = m.num_patches, m.patch ** 2 * m.dim * m.num_patches * 2  # the stem: forward + weight gradient
     rows = n
@@ -75,12 +75,12 @@ def hand_counted_train_flops(preset):
 @pytest.mark.parametrize("preset", ["seed", "default", "sprint"])
 def test_flops_are_the_hand_counted_matmuls(preset):
     from model import train_flops_per_image
-    from recipe import get_preset
+    from mlp.recipe import get_preset
     assert train_flops_per_image(get_preset(preset)[0]) == pytest.approx(hand_counted_train_flops(preset), rel=1e-3)
 
 
 def test_speedup_and_mfu_from_known_speeds():
     """300 img/s against 100 img/s is 3x; 1,000 img/s x 0.05 GFLOP per image on a 100 GFLOP/s peak is 50 %."""
-    from bench import mfu, speedup
+    from tools.bench import mfu, speedup
     assert speedup(300.0, 100.0) == 3.0 and speedup(10.0, None) is None
     assert mfu(1000.0, 0.05, 100.0) == 0.5 and mfu(300.0, 0.05, 30.0) == 0.5

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-import data
+from mlp import data
 import my_utils as mu
 from conftest import ROOT
 
@@ -202,7 +202,7 @@ def test_fetch_killed_midway_leaves_nothing_used_and_the_next_fetch_is_clean(tmp
     env = dict(os.environ, FASHION_MNIST_DIR=str(tmp_path))
     folder = tmp_path / "FashionMNIST"
     for delay in (0.3, 1.5):  # during apt-get download, then later (download or unpacking)
-        p = subprocess.Popen([sys.executable, "data.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        p = subprocess.Popen([sys.executable, "-m", "mlp.data"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
         deadline = time.time() + 60
         while not list(folder.glob(".fetch-*")) and time.time() < deadline and p.poll() is None:
@@ -212,7 +212,7 @@ def test_fetch_killed_midway_leaves_nothing_used_and_the_next_fetch_is_clean(tmp
         p.wait()
         present = list((folder / "raw").iterdir()) if (folder / "raw").exists() else []
         assert all(data._sha256(f) == data.SHA256[f.name] for f in present), "only complete, verified files"
-    r = subprocess.run([sys.executable, "data.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "mlp.data"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (folder / "raw").iterdir()) == sorted(data.SHA256)
     assert not list(folder.glob(".fetch-*")), "the killed fetches' temp folders are gone"

@@ -73,7 +73,7 @@ def test_a_checkpoint_write_error_on_rank_0_ends_every_rank_with_its_one_line(tm
 
 
 def test_each_rank_draws_its_own_dropout_and_rank_0_keeps_the_single_process_stream():
-    from loop import seed_everything
+    from mlp.loop import seed_everything
     draws = {}
     for rank in (0, 1, None):
         seed_everything(3, **({} if rank is None else {"rank": rank}))
@@ -85,8 +85,8 @@ def test_a_resumed_rank_restores_its_own_random_state_and_the_gpus():
     """The checkpoint holds each rank's torch state (`rng["ranks"]`, gathered by rank 0); on resume rank r takes
     its own, so its dropout replays instead of becoming rank 0's. A CUDA device's generator is in the state too
     (on a GPU machine; here the CPU's)."""
-    import data
-    from loop import rng_state, set_rng_state
+    from mlp import data
+    from mlp.loop import rng_state, set_rng_state
     loader = data.FastLoader(torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2)
     states = []
     for seed in (1, 2):
@@ -102,8 +102,8 @@ def test_a_resumed_rank_restores_its_own_random_state_and_the_gpus():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
 def test_the_gpus_random_state_is_checkpointed_and_restored():
-    import data
-    from loop import rng_state, set_rng_state
+    from mlp import data
+    from mlp.loop import rng_state, set_rng_state
     dev = torch.device("cuda")
     loader = data.FastLoader(torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2)
     torch.cuda.manual_seed(7)

@@ -47,7 +47,7 @@ def test_make_installs_the_tested_versions_of_everything_it_requires():
 def test_auto_precision_on_a_gpu_takes_bf16_only_where_it_runs_natively(monkeypatch, native, expected):
     """A V100 or T4 reports bf16 as supported by emulation only: there `auto` is fp16 (no GPU here, so the GPU's
     answer is set: emulation counts unless the caller excludes it, as torch's own function does)."""
-    import hardware
+    from mlp import hardware
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
     assert hardware.resolve_precision(torch.device("cuda"), "auto") == expected
     assert hardware.native_bf16(torch.device("cuda")) is native

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-import checkpoint
+from mlp import checkpoint
 from conftest import ROOT, finished_run, start_train_py, train_py, wait_for, without_timing
 
 SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--eval-limit", "500", "--quiet",

@@ -12,7 +12,7 @@ import render  # noqa: E402
 
 def test_dry_run_writes_every_result_file_and_they_render(tmp_path):
     out = tmp_path / "gpu"
-    r = subprocess.run([sys.executable, "gpu_results.py", "--dry-run", "--out", str(out)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "tools/gpu_results.py", "--dry-run", "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads((out / "gpu_results.json").read_text())

@@ -8,7 +8,7 @@ from torch import nn
 from conftest import ROOT
 from model import (Dropout, MixerBlock, MLPNet, ModelConfig, SeedBlock, count_params, patchify, shift, unpatchify,
                    windows)
-from recipe import PRESETS, Recipe, get_preset
+from mlp.recipe import PRESETS, Recipe, get_preset
 
 
 def get_config(preset, **overrides):
@@ -238,8 +238,8 @@ def test_seed_schedule_matches_the_originals_plateau_scheduler_fed_a_constant():
 def test_every_preset_learns_on_a_subset(preset):
     """Two short epochs of each preset's own recipe on 2,000 images (best: its 5 warm-up epochs cut to half
     a one; quick and long, whose 4x4 patches and shifts start slower: three): well above chance (10 %)."""
-    import data
-    from loop import Trainer, best_record, fit
+    from mlp import data
+    from mlp.loop import Trainer, best_record, fit
     torch.manual_seed(0)
     model, recipe = get_preset(preset, epochs=3 if preset in ("quick", "long") else 2, batch_size=64,
                                warmup_epochs=0.5 if preset == "best" else None)

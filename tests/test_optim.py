@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import hardware
+from mlp import hardware
 from model import MLPNet
-from recipe import Muon, MuonAdamW, get_preset, make_optimizer, make_scheduler, orthogonalise
+from mlp.optim import Muon, MuonAdamW, make_optimizer, make_scheduler, orthogonalise
+from mlp.recipe import get_preset
 
 
 def _net_and_recipe(optimizer="muon", **overrides):
@@ -144,8 +145,9 @@ def test_newton_schulz_in_fp32_orthogonalises_like_bf16(shape):
 
 
 def _ns_dtype_in_a_fresh_process(env: dict) -> str:
-    code = ("import hardware, recipe, torch; from model import MLPNet; m, r = recipe.get_preset('sprint'); "
-            "o = recipe.make_optimizer(MLPNet(m), r); print(o.muon.ns_dtype, hardware.describe(torch.device('cpu')))")
+    code = ("import torch; from mlp import hardware, optim, recipe; from model import MLPNet; "
+            "m, r = recipe.get_preset('sprint'); o = optim.make_optimizer(MLPNet(m), r); "
+            "print(o.muon.ns_dtype, hardware.describe(torch.device('cpu')))")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parents[1])
     return out.stdout

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from checkpoint import load_model
+from mlp.checkpoint import load_model
 from predict import load_image
 
 

@@ -1,4 +1,4 @@
-"""results/render.py renders README tables from JSON and refuses malformed files."""
+"""tools/render.py renders README tables from JSON and refuses malformed files."""
 import json
 import subprocess
 import sys
@@ -6,10 +6,9 @@ import sys
 import pytest
 
 from conftest import ROOT
-from recipe import PRESETS
+from mlp.recipe import PRESETS
 
-sys.path.insert(0, str(ROOT / "results"))
-import render  # noqa: E402
+from tools import render
 
 MAKE_RUN = dict(test_acc=0.8912, val_acc=0.8976, best_epoch=6, epochs=6, train_seconds=351.2,
                 notebook_wall_seconds=380, hardware="AMD EPYC (2 cores, 2 threads)", precision="fp32",
@@ -39,16 +38,14 @@ def test_cli_reports_malformed_file_and_leaves_readme_alone(tmp_path):
     (tmp_path / "make_run_cpu.json").write_text("{")
     readme = tmp_path / "README.md"
     readme.write_text(README)
-    script = tmp_path / "render.py"
-    script.write_text((ROOT / "results" / "render.py").read_text())
-    (tmp_path / "records.py").write_text((ROOT / "results" / "records.py").read_text())
-    r = subprocess.run([sys.executable, str(script), "--readme", str(readme)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "render.py"), "--results", str(tmp_path), "--readme",
+                        str(readme)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 1 and "not valid JSON" in r.stderr
     assert readme.read_text() == README
 
 
 def test_committed_readme_is_rendered_from_committed_results():
-    r = subprocess.run([sys.executable, "results/render.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "tools/render.py", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
@@ -188,14 +185,11 @@ def test_max_seconds_caps_a_trial_and_the_record_says_so(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 1 and m["capped"] is True and m["max_seconds"] == 0.001 \
         and m["preset_epochs"] == PRESETS["default"].recipe.epochs
-    r = subprocess.run([sys.executable, "results/render.py", "--record-trial", str(out), "--readme", str(tmp_path / "x.md")],
-                       cwd=ROOT, capture_output=True, text=True)
     (tmp_path / "x.md").write_text("")
-    kept = ROOT / "results" / "trials" / "capped.json"
-    try:
-        assert json.loads(kept.read_text())["capped"] is True
-    finally:
-        kept.unlink(missing_ok=True)
+    r = subprocess.run([sys.executable, "tools/render.py", "--record-trial", str(out), "--results", str(tmp_path),
+                        "--readme", str(tmp_path / "x.md")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "trials" / "capped.json").read_text())["capped"] is True
 
 
 def test_muon_ns_renders_one_row_per_machine_and_refuses_a_malformed_file(tmp_path):

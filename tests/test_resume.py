@@ -6,10 +6,10 @@ import subprocess
 import pytest
 import torch
 
-import checkpoint
+from mlp import checkpoint
 from conftest import finished_run, start_train_py, train_cli, train_main, train_py, wait_for, without_timing
-from recipe import get_preset
-from train import run
+from mlp.recipe import get_preset
+from mlp.runner import run
 
 load_checkpoint = checkpoint.load
 
@@ -149,7 +149,7 @@ def test_with_ema_the_moving_average_is_what_is_validated_and_saved(straight, st
 
 
 def test_ema_decay_ramps_up_so_short_runs_are_not_stuck_near_initialisation():
-    from loop import ema_update
+    from mlp.loop import ema_update
     update = ema_update(0.998)
     for n, expected in ((0, 0.9), (8, 1 - 9 / 18), (10 ** 6, 0.002)):  # weight of the newest step: 1 - decay_n
         averaged, current = [torch.zeros(3)], [torch.ones(3)]

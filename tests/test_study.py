@@ -51,7 +51,7 @@ def test_study_notebook_runs_with_tiny_parameters_and_resumes(tmp_path):
 def test_the_study_reuses_a_row_only_for_the_same_network_recipe_and_limits(tmp_path):
     """A row recorded for another network under the same preset name (as `quick` was before commit 5d1395c) is
     trained again, not stamped with today's commit; an identical one is reused, and the log says which."""
-    import study
+    from mlp import study
     path, logs = tmp_path / "s.json", []
     args = (["sprint"], [7], [0], {"sprint": 1}, 128, "cpu", "fp32", path, "pytest")
     first = study.train_all(*args, log=logs.append, eval_limit=64)

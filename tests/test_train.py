@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-import checkpoint
-import data
+from mlp import checkpoint
+from mlp import data
 import my_utils as mu
-from checkpoint import load_model
-from loop import Trainer, best_record, fit
+from mlp.checkpoint import load_model
+from mlp.loop import Trainer, best_record, fit
 from model import MLPNet, count_params
-from recipe import get_preset
+from mlp.recipe import get_preset
 from conftest import ROOT, train_cli, without_timing
 
 CPU = torch.device("cpu")
@@ -90,7 +90,7 @@ def test_val_every_validates_every_nth_epoch_the_last_and_where_a_run_stops():
 def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     """Epoch 1 is checkpointed; a NaN weight then makes epoch 2's loss NaN: the run stops with the hint and
     last.pt still holds epoch 1, loadable and finite."""
-    from train import Checkpointer
+    from mlp.runner import Checkpointer
     torch.manual_seed(0)
     model, recipe = get_preset("default", epochs=3, batch_size=64)
     t = trainer(model, recipe, 1000)

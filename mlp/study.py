@@ -1,6 +1,6 @@
 """The patch-size study: train presets at K x K patches for K in {2, 4, 7} over seeds, and judge the original's
 claim that 4x4 beats 2x2 and 7x7 on training time and test accuracy. notebooks/patch_size_study.ipynb and
-gpu_results.py run it; results/patch_study.json holds the record that README renders.
+tools/gpu_results.py run it; results/patch_study.json holds the record that README renders.
 """
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from pathlib import Path
 
 import torch
 
-import hardware
-from loop import best_record
+from mlp import hardware, records
+from mlp.loop import best_record
+from mlp.recipe import get_preset
+from mlp.runner import run
 from model import MLPNet, count_params, train_flops_per_image
-from recipe import get_preset
-from results import records
-from train import run
 
 
 def config(preset, k, epochs=None):

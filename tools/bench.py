@@ -1,8 +1,8 @@
 """Side-by-side training benchmark: the d2l-chapter reference loop vs ours, MFU, time to 90 % (`default` and
 `sprint`), peak memory.
 
-    python bench.py              # full: ~30 min on a 2-core CPU
-    python bench.py --quick      # CI-sized: a few batches each, no time-to-90 run
+    python tools/bench.py              # full: ~30 min on a 2-core CPU
+    python tools/bench.py --quick      # CI-sized: a few batches each, no time-to-90 run
 
 Everything is measured in this one process on this one machine; speed is reported as a ratio against the
 reference measured in the same run. Writes bench.json (see --out).
@@ -23,14 +23,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import data
-import hardware
-import my_utils as mu
-from loop import Trainer, fit
-from model import Dropout, MLPNet, train_flops_per_image
-from recipe import Muon, MuonAdamW, get_preset, orthogonalise
-from results import records
-from train import run
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable as `python tools/X.py` from anywhere: the library is in the repository
+
+from mlp import data, hardware, plots, records  # noqa: E402
+from mlp.evaluate import evaluate_accuracy  # noqa: E402
+from mlp.loop import Trainer, fit  # noqa: E402
+from mlp.optim import Muon, MuonAdamW, orthogonalise  # noqa: E402
+from mlp.recipe import get_preset  # noqa: E402
+from mlp.runner import run  # noqa: E402
+from model import Dropout, MLPNet, train_flops_per_image  # noqa: E402
 
 
 def with_torch_dropout(net: nn.Module) -> nn.Module:
@@ -71,14 +73,14 @@ def reference_run(model, recipe, device, batches=None, epochs=1, warmup=5, train
             opt.zero_grad()
             loss.backward()
             opt.step()
-            loss.item()                                 # the per-batch host syncs d2l's Accumulator does
-            mu.accuracy(y_hat, y)
+            loss.item()                                 # the per-batch host syncs of d2l's Accumulator:
+            float((y_hat.argmax(1) == y).sum())        # and d2l's accuracy(), a count read on the host
             seen, step = seen + len(y), step + 1
         if batches is not None and step >= warmup + batches:
             break
     out = dict(img_s=seen / (time.perf_counter() - t0), test_acc=None)
     if batches is None:
-        out["test_acc"] = mu.evaluate_accuracy(net, torch.utils.data.DataLoader(sets[1], 256, num_workers=4), device)
+        out["test_acc"] = evaluate_accuracy(net, torch.utils.data.DataLoader(sets[1], 256, num_workers=4), device)
     return out
 
 
@@ -96,7 +98,7 @@ def ours_run(model, recipe, device, precision, batches=None, epochs=1, warmup=5,
         h = fit(Trainer(net, r, loaders, device, precision), log=lambda s: None, progress=False)
     out = dict(img_s=loaders[0].num_examples * len(h) / sum(r["seconds"] for r in h), test_acc=None)
     if batches is None:
-        out["test_acc"] = mu.evaluate_accuracy(net, loaders[2], device, precision)
+        out["test_acc"] = evaluate_accuracy(net, loaders[2], device, precision)
     return out
 
 
@@ -170,7 +172,7 @@ def live_overhead(device, precision, preset="quick") -> dict:
     from types import SimpleNamespace
     model, recipe = get_preset(preset, epochs=1)
     trainer = Trainer(MLPNet(model), recipe, data.loaders(recipe, device=device), device, precision)
-    animator, drawing, syncs, reduce = mu.training_animator(1), [], [], trainer._reduced
+    animator, drawing, syncs, reduce = plots.training_animator(1), [], [], trainer._reduced
 
     def timed_reduce(sums):
         t = time.perf_counter()
@@ -189,7 +191,7 @@ def live_overhead(device, precision, preset="quick") -> dict:
     return dict(preset=preset, epoch_s=r["seconds"], updates=len(drawing), sync_s=extra_sync_s,
                 sync_share=extra_sync_s / r["seconds"], update_s=sum(drawing), share=sum(drawing) / r["seconds"],
                 device=str(device), hardware=hardware.describe(device), precision=precision,
-                git_commit=records.git_commit(), command="python bench.py --live-overhead")
+                git_commit=records.git_commit(), command="python tools/bench.py --live-overhead")
 
 
 def muon_ns_cost(device, preset="default", steps=20) -> dict:
@@ -228,7 +230,7 @@ def muon_ns_cost(device, preset="default", steps=20) -> dict:
     return dict(preset=preset, matrices=len(matrices), step_ms=ms, matmul_gflops=gflops, steps_per_epoch=steps_per_epoch,
                 used="bf16" if opt.muon.ns_dtype == torch.bfloat16 else "fp32", device=str(device),
                 hardware=hardware.describe(device), torch=torch.__version__, git_commit=records.git_commit(),
-                command="python bench.py --muon-ns")
+                command="python tools/bench.py --muon-ns")
 
 
 def peak_rss_mb_of_training(args) -> float:
@@ -239,7 +241,7 @@ def peak_rss_mb_of_training(args) -> float:
                "--device", args.device]
         if args.quick:
             cmd += ["--train-limit", "2048", "--eval-limit", "512"]
-        p = subprocess.Popen(cmd, cwd=Path(__file__).parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
         if p.returncode:

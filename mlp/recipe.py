@@ -14,9 +14,6 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-import torch
-
-import hardware
 from model import TRAIN_IMAGES, BlockSpec, ModelConfig, mixer_blocks, windows_per_side
 
 
@@ -79,90 +76,6 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _adamw(params, recipe: Recipe):
-    """AdamW without weight decay on biases and norm parameters (1-D tensors)."""
-    return torch.optim.AdamW([{"params": [p for p in params if p.dim() > 1], "weight_decay": recipe.weight_decay},
-                              {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}], lr=recipe.lr)
-
-
-def orthogonalise(g: torch.Tensor, coefficients, steps: int, eps: float, dtype: torch.dtype) -> torch.Tensor:
-    """Muon's quintic Newton-Schulz iteration: takes the singular values of `g` to about 1 (0.5-1.5), in `dtype`."""
-    a, b, c = coefficients
-    x = g.to(dtype)
-    tall = g.size(0) > g.size(1)
-    x = x.T if tall else x
-    x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
-    for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
-
-
-class Muon(torch.optim.Muon):
-    """torch.optim.Muon's update, with Newton-Schulz in `ns_dtype`. torch's own runs it in bf16 always, which a
-    CPU without bf16 instructions (the AVX2 development CPU) emulates: under an AVX2 cap a step of quick's Muon
-    took 89 ms instead of 4 (results/muon_ns_cpu_avx2cap.json), and an epoch 4x as long. Same parameter groups
-    and state, so checkpoints carry over."""
-
-    def __init__(self, params, ns_dtype=torch.bfloat16, **kwargs):
-        super().__init__(params, **kwargs)
-        self.ns_dtype = ns_dtype
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            assert group["nesterov"] and group["adjust_lr_fn"] == "match_rms_adamw", "the variant MuonAdamW asks for"
-            for p in (p for p in group["params"] if p.grad is not None):
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = orthogonalise(p.grad.lerp(buf, group["momentum"]), group["ns_coefficients"],
-                                       group["ns_steps"], group["eps"], self.ns_dtype)
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"] * 0.2 * math.sqrt(max(p.shape[:2])))  # AdamW's RMS
-
-
-class MuonAdamW(torch.optim.Optimizer):
-    """Muon (momentum orthogonalised by Newton-Schulz iterations) for the backbone's weight matrices, AdamW for
-    the rest (stem, head, biases, norms), as Muon's authors prescribe. Muon's step is scaled to AdamW's RMS
-    ("match_rms_adamw"), so one `lr` and `weight_decay` serve both; its Newton-Schulz runs in bf16 where the
-    device has native bf16, in fp32 elsewhere. To the loop, the schedule and checkpoints it is one optimiser:
-    `param_groups` are the two optimisers' own groups."""
-
-    def __init__(self, net, recipe: Recipe):
-        matrices = [p for name, p in net.named_parameters() if name.startswith("backbone.") and p.dim() == 2]
-        rest = [p for p in net.parameters() if all(p is not m for m in matrices)]
-        ns_dtype = torch.bfloat16 if hardware.native_bf16(matrices[0].device) else torch.float32
-        self.muon = Muon(matrices, ns_dtype=ns_dtype, lr=recipe.lr, weight_decay=recipe.weight_decay,
-                         adjust_lr_fn="match_rms_adamw")
-        self.adamw = _adamw(rest, recipe)
-        super().__init__(list(net.parameters()), {"lr": recipe.lr})
-        self.param_groups = self.muon.param_groups + self.adamw.param_groups
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        self.muon.step()
-        self.adamw.step()
-
-    def state_dict(self) -> dict:
-        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
-
-    def load_state_dict(self, state: dict):
-        self.muon.load_state_dict(state["muon"])
-        self.adamw.load_state_dict(state["adamw"])
-        self.param_groups = self.muon.param_groups + self.adamw.param_groups  # loading made new group dicts
-
-
-def make_optimizer(net, recipe: Recipe):
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return MuonAdamW(net, recipe) if recipe.optimizer == "muon" else _adamw(list(net.parameters()), recipe)
-
-
-def make_scheduler(opt, recipe: Recipe, steps_per_epoch: int):
-    """Stepped once per training step, following `Recipe.lr_factor`."""
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: recipe.lr_factor(step, steps_per_epoch))
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Fashion-MNIST: verified acquisition, on-device loaders with a fixed validation split, augmentation.
 
-Run `python data.py` (or `make data`) to fetch and verify the files.
+Run `python -m mlp.data` (or `make data`) to fetch and verify the files.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 # SHA-256 of the decompressed IDX files (the .gz wrappers differ between mirrors; the content must not).
 SHA256 = {
@@ -49,7 +49,7 @@ def _verify(raw: Path):
     for name, digest in SHA256.items():
         if _sha256(raw / name) != digest:
             raise DataError(f"{raw / name} is corrupt or truncated (SHA-256 differs from the pinned digest). "
-                            f"Delete it and run `make data` (or `python data.py`) to fetch it again.")
+                            f"Delete it and run `make data` (or `python -m mlp.data`) to fetch it again.")
 
 
 def _from_torchvision(tmp: Path) -> Path:

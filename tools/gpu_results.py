@@ -5,15 +5,15 @@
   3. the patch-size study at its full budget (3 seeds, K 2/4/7, seed and quick) -> OUT/patch_study.json/.png
   4. the speed benchmark against the d2l-style loop on the same GPU -> OUT/bench_gpu.json
 
-    make gpu-results                                  # python3 gpu_results.py --out gpu-results
-    FASHION_MNIST_DIR=data python3 gpu_results.py --out gpu-results   # a machine without internet
-    python gpu_results.py --dry-run --out /tmp/g      # the same programme on the CPU, tiny (CI runs it)
+    make gpu-results                                  # python3 tools/gpu_results.py --out gpu-results
+    FASHION_MNIST_DIR=data python3 tools/gpu_results.py --out gpu-results   # a machine without internet
+    python tools/gpu_results.py --dry-run --out /tmp/g      # the same programme on the CPU, tiny (CI runs it)
 
 Parts 1-3 run at once as separate processes on the one GPU (a run of these small networks cannot fill
 it), each capped by --cap seconds of training (a capped run says so: `capped: true`, and is not the full
 recipe); the benchmark runs last, alone, so that its timings are not shared. Before anything trains, a probe
 times 30 steps of each network and OUT/plan.json records the estimate against the caps. Whatever finishes is
-kept. Copy OUT/* into results/ and run `python results/render.py` to put the numbers into README.
+kept. Copy OUT/* into results/ and run `python tools/render.py` to put the numbers into README.
 """
 from __future__ import annotations
 
@@ -26,17 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable as `python tools/X.py` from anywhere: the library is in the repository
 TAG = "gpu"
 
 
 def probe_ms_per_step(preset, device, precision, steps=30, warmup=10) -> float:
     """Milliseconds per training step of a preset's network and batch, alone on the device."""
-    import data
-    import hardware
-    from loop import Trainer, fit
+    from mlp import data, hardware
+    from mlp.loop import Trainer, fit
+    from mlp.recipe import get_preset
     from model import MLPNet
-    from recipe import get_preset
     dev = hardware.resolve_device(device)
     model, recipe = get_preset(preset, epochs=1, val_size=0)
     times = []
@@ -50,7 +50,7 @@ def probe_ms_per_step(preset, device, precision, steps=30, warmup=10) -> float:
 
 def plan(args, parts) -> dict:
     """Estimated training seconds of each part from the probe (alone; concurrent parts share the GPU)."""
-    from recipe import get_preset
+    from mlp.recipe import get_preset
     steps = {}
     for preset in ("best", "seed", "quick"):
         _, r = get_preset(preset)
@@ -78,8 +78,7 @@ def main(argv=None) -> int:
         args.device, args.cap = "cpu", 60
     out = Path(args.out).resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(ROOT))
-    from results import records
+    from mlp import records
     records.git_commit()
     started = time.time()
     tiny = ["--epochs", "1", "--train-limit", "256", "--eval-limit", "128"] if args.dry_run else []
@@ -96,10 +95,10 @@ def main(argv=None) -> int:
         params = dict(seeds=[0] if args.dry_run else [0, 1, 2], patches=[4, 7] if args.dry_run else [2, 4, 7],
                       epochs={"seed": 1, "quick": 1} if args.dry_run else {"seed": 2},
                       train_limit=256 if args.dry_run else None, eval_limit=128 if args.dry_run else None)
-        code = ("import study, json; study.study(**json.loads({!r}), device={!r}, precision={!r}, json_path={!r}, "
+        code = ("from mlp import study; import json; study.study(**json.loads({!r}), device={!r}, precision={!r}, json_path={!r}, "
                 "png_path={!r}, command={!r}, resume=False, max_seconds={!r})").format(
             json.dumps(params), args.device, args.precision, str(out / "patch_study.json"),
-            str(out / "patch_study.png"), "python gpu_results.py (patch study)", args.cap)
+            str(out / "patch_study.png"), "python tools/gpu_results.py (patch study)", args.cap)
         jobs["study"] = ([sys.executable, "-c", code], None)
     plan_record = plan(args, jobs)
     # The parts share the machine's cores: one thread pool each of its share, not one each of all of them.
@@ -111,10 +110,10 @@ def main(argv=None) -> int:
         metrics = out / "work" / (keep or "") / "metrics.json"
         if keep and metrics.exists():
             m = json.loads(metrics.read_text())
-            m["command"] = f"python gpu_results.py ({m['command']})"
+            m["command"] = f"python tools/gpu_results.py ({m['command']})"
             records.atomic_write(out / "runs" / f"{keep}.json", json.dumps(m, indent=2))
     if "bench" not in args.skip:
-        cmd = [sys.executable, "bench.py", "--device", args.device, "--precision", args.precision,
+        cmd = [sys.executable, "tools/bench.py", "--device", args.device, "--precision", args.precision,
                "--out", str(out / "bench_gpu.json")] + (["--quick"] if args.dry_run else ["--acc-epochs", "2"])
         status["bench"] = subprocess.run(cmd, cwd=ROOT, stdout=open(out / "bench.log", "w"),
                                          stderr=subprocess.STDOUT).returncode

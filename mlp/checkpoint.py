@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from mlp.records import atomic_write
 from model import MLPNet, ModelConfig
-from results.records import atomic_write
 
 FORMAT = 2  # 1: the layout before model config and recipe were separated (a single "config")
 

@@ -1,5 +1,5 @@
 """The training loop: `Trainer` (a model, its optimiser and schedule, and what a checkpoint holds) and `fit`,
-a short loop over `Trainer.fit_epoch`. train.py's `run` drives it for the notebook, the CLI and the study.
+a short loop over `Trainer.fit_epoch`. mlp/runner.py's `run` drives it for the notebook, the CLI and the study.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-import hardware
-import my_utils as mu
-from recipe import Recipe, make_optimizer, make_scheduler
-from results import records
+from mlp import hardware, records
+from mlp.evaluate import evaluate_accuracy
+from mlp.optim import make_optimizer, make_scheduler
+from mlp.recipe import Recipe
 
 PROGRESS_POINTS, PROGRESS_SECONDS = 5, 10.0  # live curves: ~5 points an epoch, and one at least every 10 s
 
@@ -120,7 +120,7 @@ class Trainer:
         """Train one epoch and validate. Returns its history record, or None if `stop` was requested.
         Sums stay on the device; `on_progress(x, loss, acc)` reads them ~5 times an epoch (live curves)."""
         self.net.train()
-        timer, sums = mu.Timer(), torch.zeros(3, device=self.device)  # loss sum, correct, count
+        start, sums = time.perf_counter(), torch.zeros(3, device=self.device)  # loss sum, correct, count
         n, lr, points, last = len(self.train_iter), self.opt.param_groups[0]["lr"], [], time.monotonic()
         batches = tqdm(self.train_iter, desc=f"epoch {epoch}/{self.recipe.epochs}", leave=False, disable=not progress)
         for i, (X, y) in enumerate(batches):
@@ -149,7 +149,7 @@ class Trainer:
                 last = time.monotonic()
         loss_sum, correct, count = self._reduced(sums)
         records.failpoint_delay(dist.get_rank() if self.world > 1 else 0)  # tests: one rank made slower
-        seconds = self._slowest(timer.stop())
+        seconds = self._slowest(time.perf_counter() - start)
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"epoch {epoch}: the training loss is {loss_sum}; the learning rate "
                                      f"(lr={self.recipe.lr}) is probably too high. The last good checkpoint is kept.")
@@ -157,7 +157,7 @@ class Trainer:
         r = dict(epoch=epoch, train_loss=loss_sum / count, train_acc=correct / count, val_acc=None,
                  seconds=seconds, eval_seconds=0.0, lr=lr, images=int(count), points=points)  # training only
         if self.test_curve:  # learning curves only: nothing is chosen on it
-            r["test_acc"] = mu.evaluate_accuracy(self.evaluated, self.test_iter, self.device, self.precision)
+            r["test_acc"] = evaluate_accuracy(self.evaluated, self.test_iter, self.device, self.precision)
         self.history.append(r)
         if epoch % self.recipe.val_every == 0 or epoch == self.recipe.epochs:
             self.validate(r)
@@ -166,10 +166,10 @@ class Trainer:
     def validate(self, r: dict):
         """Validate the weights of the epoch just trained (its record `r`), timed apart from training; keep
         them if they are the best so far."""
-        timer = mu.Timer()
-        r["val_acc"] = mu.evaluate_accuracy(self.evaluated, self.val_iter, self.device, self.precision) \
+        start = time.perf_counter()
+        r["val_acc"] = evaluate_accuracy(self.evaluated, self.val_iter, self.device, self.precision) \
             if self.val_iter is not None and self.val_iter.num_examples else float("nan")
-        r["eval_seconds"] = timer.stop()
+        r["eval_seconds"] = time.perf_counter() - start
         if r["val_acc"] > self.best_val:
             self.best_val, self.best_epoch = r["val_acc"], r["epoch"]
             self.best_weights = {k: v.detach().clone() for k, v in self.evaluated.state_dict().items()}

@@ -1,10 +1,10 @@
 """Render the result tables of README.md and BENCHMARKS.md from the JSON files in results/ (no hand-typed
 numbers).
 
-    python results/render.py           # rewrite the marked blocks
-    python results/render.py --check   # exit 1 if a page is out of date
-    python results/render.py --record runs/NAME   # keep a `make run` as results/make_run_cpu.json (+ curves)
-    python results/render.py --record-run runs/A runs/B   # keep train.py runs as results/runs/A.json ...
+    python tools/render.py           # rewrite the marked blocks
+    python tools/render.py --check   # exit 1 if a page is out of date
+    python tools/render.py --record runs/NAME   # keep a `make run` as results/make_run_cpu.json (+ curves)
+    python tools/render.py --record-run runs/A runs/B   # keep train.py runs as results/runs/A.json ...
 
 A block is the text between `<!-- results:NAME -->` and `<!-- /results:NAME -->`; NAME picks the renderer.
 """
@@ -17,9 +17,12 @@ import textwrap
 import sys
 from pathlib import Path
 
-import records  # the sibling results/records.py: torch-free
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable as `python tools/render.py` from anywhere
 
-HERE = Path(__file__).resolve().parent
+from mlp import records  # noqa: E402  (torch-free: rendering needs no torch)
+
+HERE = ROOT / "results"  # the recorded data
 
 
 class ResultsError(ValueError):
@@ -345,9 +348,10 @@ def record(run: Path, folder: Path = HERE):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--readme", nargs="+", default=[str(HERE.parent / n) for n in ("README.md", "BENCHMARKS.md")],
+    p.add_argument("--readme", nargs="+", default=[str(ROOT / n) for n in ("README.md", "BENCHMARKS.md")],
                    help="the Markdown files whose marked blocks to render (default: README.md BENCHMARKS.md)")
     p.add_argument("--check", action="store_true")
+    p.add_argument("--results", default=str(HERE), help="the folder of recorded data (default: results/)")
     p.add_argument("--record-run", metavar="RUN_DIR", nargs="+", default=[],
                    help="keep train.py runs' metrics.json as results/runs/<name>.json, then render")
     p.add_argument("--record-trial", metavar="RUN_DIR", nargs="+", default=[],
@@ -355,25 +359,26 @@ def main(argv=None):
     p.add_argument("--record", metavar="RUN_DIR", help="copy a make-run directory's metrics.json + wall.json "
                    "into results/make_run_cpu.json and its curves.png beside it, then render")
     args = p.parse_args(argv)
+    folder = Path(args.results)
     try:
         if args.record:
-            record(Path(args.record))
+            record(Path(args.record), folder)
         for run in args.record_run:
-            record_run(Path(run))
+            record_run(Path(run), folder)
         for run in args.record_trial:
-            record_run(Path(run), kind="trials")
+            record_run(Path(run), folder, kind="trials")
         pages = {Path(f): Path(f).read_text() for f in args.readme}
-        rendered = {f: render(text) for f, text in pages.items()}  # all or nothing: no file half-updated
+        rendered = {f: render(text, folder) for f, text in pages.items()}  # all or nothing: no file half-updated
     except ResultsError as e:
         sys.exit(f"error: {e}")
     stale = [f for f in pages if rendered[f] != pages[f]]
     if args.check:
-        sys.exit(f"out of date: {', '.join(map(str, stale))}; run python results/render.py" if stale else 0)
+        sys.exit(f"out of date: {', '.join(map(str, stale))}; run python tools/render.py" if stale else 0)
     for f in stale:
         records.atomic_write(f, rendered[f])
         print(f"updated {f}")
     if any("<!-- results:frontier -->" in t for t in pages.values()):
-        plot_frontier(HERE, HERE / "frontier.png")
+        plot_frontier(folder, folder / "frontier.png")
 
 
 if __name__ == "__main__":

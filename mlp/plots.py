@@ -1,0 +1,119 @@
+"""Live figures: `Animator` (d2l's, drawn in place in Jupyter) and the training curves of a run."""
+from __future__ import annotations
+
+import io
+
+from mlp.records import atomic_write
+
+
+def _in_jupyter() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+class Animator:
+    """Plots data as it arrives, redrawing one figure in place in Jupyter (a display handle), with the log
+    lines (`log`) in one text output under it.
+
+    The d2l constructor, plus `axes_of`: for each series (legend entry), the subplot it is drawn on, and
+    `ylabel` may be one label per subplot. Every point has a marker, so a series of one point is visible.
+    Outside Jupyter nothing is shown and `log` prints; `save(path)` writes a PNG."""
+
+    def __init__(self, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None, xscale="linear",
+                 yscale="linear", fmts=("-", "m--", "g-.", "r:"), nrows=1, ncols=1, figsize=(3.5, 2.5),
+                 axes_of=None):
+        from matplotlib.figure import Figure  # not pyplot: no stray auto-displayed figures
+        self.fig = Figure(figsize=figsize)  # laid out once, below: not again on every live redraw
+        axes = self.fig.subplots(nrows, ncols, squeeze=False).flatten()
+        self.axes, self.legend, self.fmts = list(axes), list(legend or []), fmts
+        self.axes_of = list(axes_of) if axes_of is not None else None
+        if xlim is not None and xlim[0] == xlim[1]:  # a 1-epoch run: a singular range would only warn
+            xlim = [xlim[0] - 0.5, xlim[1] + 0.5]
+        ylabels = ylabel if isinstance(ylabel, (list, tuple)) else [ylabel] * len(axes)
+        self.style = [dict(xlabel=xlabel, ylabel=yl, xlim=xlim, ylim=ylim, xscale=xscale, yscale=yscale)
+                      for yl in ylabels]
+        for ax, style in zip(self.axes, self.style):
+            ax.set(**{k: v for k, v in style.items() if v is not None})
+        self.fig.tight_layout()
+        self.X, self.Y, self.lines, self.handle, self.text = None, None, [], None, None
+
+    def add(self, x, y):
+        if not hasattr(y, "__len__"):
+            y = [y]
+        n = len(y)
+        if not hasattr(x, "__len__"):
+            x = [x] * n
+        if self.X is None:
+            self.X, self.Y = [[] for _ in range(n)], [[] for _ in range(n)]
+        for i, (a, b) in enumerate(zip(x, y)):
+            if a is not None and b is not None:
+                self.X[i].append(a)
+                self.Y[i].append(b)
+        self.draw()
+
+    def log(self, line: str):
+        """One line of the run's log: under the figure in Jupyter (one output, updated), printed elsewhere."""
+        self.lines.append(line)
+        if not _in_jupyter():
+            print(line, flush=True)
+            return
+        self._show()
+        self.text.update({"text/plain": "\n".join(self.lines)}, raw=True)
+
+    def draw(self):
+        for ax, style in zip(self.axes, self.style):
+            ax.cla()
+            ax.set(**{k: v for k, v in style.items() if v is not None})
+            ax.grid(True, alpha=0.3)
+        for i, (xs, ys) in enumerate(zip(self.X or [], self.Y or [])):
+            ax = self.axes[self.axes_of[i] if self.axes_of else 0]
+            label = self.legend[i] if i < len(self.legend) else None
+            ax.plot(xs, ys, self.fmts[i % len(self.fmts)], marker="o", markersize=3, label=label)
+        for ax in self.axes:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
+        if _in_jupyter():
+            self._show()
+
+    def _show(self):
+        from IPython.display import Image, display
+        img = Image(data=self.png())
+        if self.handle is None:  # the figure first, the log under it: two outputs, each updated in place
+            self.handle = display(img, display_id=True)
+            self.text = display({"text/plain": ""}, raw=True, display_id=True)
+        else:
+            self.handle.update(img)
+
+    def png(self) -> bytes:
+        buf = io.BytesIO()
+        self.fig.savefig(buf, format="png", dpi=100)
+        return buf.getvalue()
+
+    def save(self, path):
+        atomic_write(path, self.png())
+
+
+def training_animator(epochs):
+    """Loss on the left, train/validation accuracy on the right; x in epochs, with fractional points for the
+    running training loss and accuracy within an epoch."""
+    return Animator(xlabel="epoch", ylabel=["loss", "accuracy"], legend=["train loss", "train acc", "val acc"],
+                    xlim=[0, epochs], ncols=2, figsize=(8, 3), axes_of=[0, 1, 1])
+
+
+def draw_history(animator: Animator, history):
+    """Redraw a run's history (resume, save_run): the within-epoch points and every validated epoch's accuracy."""
+    if animator.X is None:
+        animator.X, animator.Y = [[], [], []], [[], [], []]
+    for r in history:
+        for x, loss, acc in r.get("points") or [(r["epoch"], r["train_loss"], r["train_acc"])]:
+            for i, v in ((0, loss), (1, acc)):
+                animator.X[i].append(x)
+                animator.Y[i].append(v)
+        if r["val_acc"] is not None:  # None: an epoch not validated (Recipe.val_every)
+            animator.X[2].append(r["epoch"])
+            animator.Y[2].append(r["val_acc"])
+    animator.draw()
