@@ -37,9 +37,11 @@ class ModelConfig:
     dropout: float = 0.0                # inside every MLP, after the activation
     drop_path: float = 0.0              # stochastic depth (MixerBlock): chance a residual branch is skipped
     init: str = "default"               # "kaiming": Kaiming-normal Linear weights, as the seed did
-    flip_tta: bool = False              # in eval mode, average the logits of the image and its mirror image
-    shift_tta: int = 0                  # in eval mode, also average over the image shifted this many px up, down,
-                                        # left and right (zero fill): pays only for networks trained with shifts
+    # The views this network is evaluated on (mlp/evaluate.py averages their logits; the network itself
+    # computes one view): its mirror image, and its shifts by this many px up, down, left and right (pays only
+    # for networks trained with shifts).
+    flip_tta: bool = False
+    shift_tta: int = 0
 
     def __post_init__(self):
         if not isinstance(self.blocks, (list, tuple)):
@@ -57,7 +59,7 @@ class ModelConfig:
 
     @property
     def views(self) -> int:
-        """Forward passes per image in eval mode: the image, its four shifts (shift_tta), and mirrors (flip_tta)."""
+        """Forward passes per image of an evaluation: the image, its four shifts (shift_tta), and mirrors (flip_tta)."""
         return (5 if self.shift_tta else 1) * (2 if self.flip_tta else 1)
 
     def validate(self):
@@ -291,22 +293,7 @@ class MLPNet(nn.Module):
     def forward(self, x):
         if x.dim() not in (3, 4) or tuple(x.shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE) or (x.dim() == 4 and x.shape[1] != 1):
             raise ValueError(f"MLPNet expects images of shape [B,1,28,28] or [B,28,28], got {tuple(x.shape)}")
-        if self.training:
-            return self.classifier(self.backbone(self.stem(x)))
-        views = [x] + [shift(x, dy, dx) for dy, dx in _moves(self.cfg.shift_tta)]  # test-time augmentation,
-        views += [v.flip(-1) for v in views] if self.cfg.flip_tta else []          # declared in the config
-        return sum(self.classifier(self.backbone(self.stem(v))) for v in views) / len(views)
-
-
-def _moves(s: int) -> list[tuple[int, int]]:
-    return [(s, 0), (-s, 0), (0, s), (0, -s)] if s else []
-
-
-def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Images ([..., H, W]) moved dy px down and dx px right, zero-filled, as training's shifts are."""
-    h, w = x.shape[-2:]
-    p = max(abs(dy), abs(dx))
-    return nn.functional.pad(x, (p,) * 4)[..., p - dy:p - dy + h, p - dx:p - dx + w]
+        return self.classifier(self.backbone(self.stem(x)))
 
 
 def count_params(net: nn.Module) -> int:

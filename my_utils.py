@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader
 
 from mlp.data import (LABELS, DataError, FastLoader, augment_batch, erase_batch, fashion_mnist_loaders,  # noqa: F401
                       fetch_fashion_mnist, load_arrays, loaders)
-from mlp.evaluate import evaluate_accuracy, model_device, predict  # noqa: F401
-from mlp.hardware import autocast, cpu_workers, describe as hardware, resolve_device, resolve_precision  # noqa: F401
+from mlp.evaluate import Views, evaluate_accuracy, model_device, predict  # noqa: F401
+from mlp.hardware import autocast, cpu_workers, resolve_device, resolve_precision  # noqa: F401
+from mlp.hardware import describe as hardware  # noqa: F401
 from mlp.plots import Animator, draw_history, training_animator  # noqa: F401
 from mlp.records import atomic_write, git_commit  # noqa: F401
 

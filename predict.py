@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 
 from mlp.checkpoint import CheckpointError, load_model
 from mlp.data import LABELS
+from mlp.evaluate import Views, logits
 from model import IMAGE_SIZE, NUM_CLASSES
 
 # Decoding is bounded by the pixel count a file declares, checked before any pixel is decoded: 40 MP is at
@@ -93,7 +94,7 @@ def predict_files(net, paths, top=3) -> list[dict]:
         except ValueError as e:
             results.append(dict(file=str(p), error=str(e)))
             continue
-        probs = torch.softmax(net.eval()(x.unsqueeze(0).to(device)), dim=1)[0].cpu()
+        probs = torch.softmax(logits(net.eval(), x.unsqueeze(0).to(device), Views.of(net.cfg)), dim=1)[0].cpu()
         values, idx = probs.topk(top)
         results.append(dict(file=str(p), inverted=inverted,
                             top=[dict(label=LABELS[int(i)], prob=float(v)) for v, i in zip(values, idx)]))

@@ -21,9 +21,8 @@ import torch.distributed as dist
 
 from mlp import checkpoint, data, hardware, records
 from mlp.recipe import PRESETS, Recipe, get_preset, override
-from mlp.runner import CheckpointWriteError, PeerFailed, resume_state, run
+from mlp.runner import CheckpointWriteError, PeerFailed, RunConfig, resume_state, run
 from model import ModelConfig
-
 
 
 def parse_args(argv=None):
@@ -127,9 +126,10 @@ def main(argv=None) -> dict:
         if args.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
-        r = run(model, recipe, device=args.device, precision=args.precision, out_dir=out, resume=bool(args.resume),
-                resume_from=args.resume_from or "last.pt", progress=not args.quiet, compile=args.compile,
-                command=command_line(), data_root=args.data_dir, **given)
+        cfg = RunConfig(**given, out_dir=out, resume=bool(args.resume), resume_from=args.resume_from or "last.pt",
+                        device=args.device, precision=args.precision, compile=args.compile, progress=not args.quiet,
+                        command=command_line(), data_root=args.data_dir)
+        r = run(model, recipe, cfg)
     except PeerFailed:
         dist.barrier()  # until rank 0 has said why (torchrun ends the group when the first process exits)
         raise SystemExit(1)

@@ -18,7 +18,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from mlp import hardware, records
-from mlp.evaluate import evaluate_accuracy
+from mlp.evaluate import Views, evaluate_accuracy
 from mlp.optim import make_optimizer, make_scheduler
 from mlp.recipe import Recipe
 
@@ -114,6 +114,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.loss_f = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.test_curve = test_curve
+        self.views = Views.of(net.cfg)  # what validation averages: the views the model config declares
         self.history, self.best_val, self.best_epoch, self.best_weights = [], -1.0, 0, None
 
     def fit_epoch(self, epoch, stop, progress=False, on_progress=None) -> dict | None:
@@ -157,7 +158,7 @@ class Trainer:
         r = dict(epoch=epoch, train_loss=loss_sum / count, train_acc=correct / count, val_acc=None,
                  seconds=seconds, eval_seconds=0.0, lr=lr, images=int(count), points=points)  # training only
         if self.test_curve:  # learning curves only: nothing is chosen on it
-            r["test_acc"] = evaluate_accuracy(self.evaluated, self.test_iter, self.device, self.precision)
+            r["test_acc"] = evaluate_accuracy(self.evaluated, self.test_iter, self.device, self.precision, self.views)
         self.history.append(r)
         if epoch % self.recipe.val_every == 0 or epoch == self.recipe.epochs:
             self.validate(r)
@@ -167,7 +168,7 @@ class Trainer:
         """Validate the weights of the epoch just trained (its record `r`), timed apart from training; keep
         them if they are the best so far."""
         start = time.perf_counter()
-        r["val_acc"] = evaluate_accuracy(self.evaluated, self.val_iter, self.device, self.precision) \
+        r["val_acc"] = evaluate_accuracy(self.evaluated, self.val_iter, self.device, self.precision, self.views) \
             if self.val_iter is not None and self.val_iter.num_examples else float("nan")
         r["eval_seconds"] = time.perf_counter() - start
         if r["val_acc"] > self.best_val:

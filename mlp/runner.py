@@ -4,6 +4,7 @@ its files: the lock, the resume checks, checkpoints after every epoch, metrics.j
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import uuid
@@ -14,10 +15,11 @@ import torch
 import torch.distributed as dist
 
 from mlp import checkpoint, data, hardware, plots, records
-from mlp.evaluate import predict
+from mlp.evaluate import Views, predict
 from mlp.loop import Trainer, best_record, device_rng_state, fit, seed_everything
 from mlp.recipe import PRESETS, Recipe
 from model import MLPNet, ModelConfig, count_params
+
 
 @dataclass
 class Run:
@@ -127,6 +129,31 @@ def refuse_a_used_directory(out: Path):
                          f"directory (--out / out_dir); delete it yourself if it is no longer wanted")
 
 
+@dataclass
+class RunConfig:
+    """How a run is made, beside its model and recipe. The first six are the run's own: its checkpoint keeps
+    them, and a resume keeps them too (`resumed_settings`)."""
+    preset: str = "custom"              # the preset's name, for the record
+    seed: int = 0                       # initial weights, data order, augmentation, dropout
+    train_limit: int | None = None      # train on the first N training images only (smoke runs)
+    eval_limit: int | None = None       # validate and test on the first N images only (recorded: no result)
+    max_seconds: float | None = None    # stop after the epoch that reaches this much training (marked capped)
+    test_curve: bool = False            # also test after every epoch (a learning curve; nothing is chosen on it)
+    out_dir: str | Path | None = None   # the run directory: checkpoints every epoch, then the run's files
+    resume: bool = False                # continue the run in out_dir from its checkpoint, with its settings
+    resume_from: str = "last.pt"        # or best.pt, where last.pt is damaged
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False               # torch.compile (pays on GPUs)
+    live: bool = True                   # draw the curves (in Jupyter: in place, several times an epoch)
+    progress: bool = True               # a progress bar per epoch
+    command: str = "run()"              # what started the run, for the record
+    data_root: str | None = None
+
+    def kept(self) -> dict:
+        return {k: getattr(self, k) for k in KEPT_ON_RESUME}
+
+
 KEPT_ON_RESUME = ("preset", "seed", "train_limit", "eval_limit", "max_seconds", "test_curve")
 
 
@@ -158,101 +185,156 @@ def resumed_settings(state: dict, model, recipe, given: dict, precision: str) ->
     return ModelConfig(**state["model"]), Recipe(**wanted), extended
 
 
-def run(model: ModelConfig | None = None, recipe: Recipe | None = None, *, preset="custom", seed=0, device="auto",
-        precision="auto", train_limit=None, eval_limit=None, out_dir=None, resume=False, resume_from="last.pt",
-        live=True, log=None, progress=True, compile=False, test_curve=False, max_seconds=None, until=None,
-        command="run()", data_root=None) -> Run:
-    """One complete run, as the notebook, train.py and the study make it: device and seed, loaders, MLPNet,
-    `fit`, the test set once, and with `out_dir` checkpoints every epoch plus metrics.json, model.pt and
-    curves.png at the end. A fresh run refuses a directory that holds another run's files.
-    `resume`: continue the run in out_dir with its checkpoint's model, recipe and settings; given ones must
-    match, except a larger `recipe.epochs`, which extends the run (the cosine schedule is then that of the new
-    length from the next step on, and metrics.json lists the extension under `extended`).
-    `live`: draw the curves (in Jupyter: in place, several times an epoch). `max_seconds`: stop after the epoch
-    that reaches this much training time (the run is marked capped). `eval_limit`: validate and test on the
-    first N images only (smoke runs and tests; recorded, and such a run is no result)."""
+@dataclass
+class Start:
+    """Where a run starts: fresh, or from its checkpoint (`state`) with the settings it was made with."""
+    model: ModelConfig
+    recipe: Recipe
+    cfg: RunConfig
+    run_id: str
+    state: dict | None = None
+    extended: list = field(default_factory=list)
+
+
+def start(model, recipe, cfg: RunConfig, out: Path | None, writer: bool) -> Start:
+    """A resume takes its checkpoint's model, recipe, settings and precision (refusing others, `resumed_settings`);
+    a fresh run refuses a directory that holds another run's files, and records its run id."""
+    if cfg.resume:
+        state = resume_state(out, cfg.resume_from)
+        model, recipe, extended = resumed_settings(state, model, recipe, cfg.kept(), cfg.precision)
+        kept = {k: state.get(k) for k in KEPT_ON_RESUME}  # (runs older than a setting lack it: None)
+        kept["test_curve"] = bool(kept["test_curve"])
+        cfg = dataclasses.replace(cfg, **kept, precision=state["precision"])  # it continues in its own precision
+        return Start(model, recipe, cfg, state["run_id"], state, extended)
+    run_id = uuid.uuid4().hex[:12]
+    if writer:
+        refuse_a_used_directory(out)
+        records.atomic_write(out / "run.json", json.dumps(dict(run_id=run_id, preset=cfg.preset, seed=cfg.seed)))
+    return Start(model, recipe, cfg, run_id)
+
+
+def build(model: ModelConfig, seed: int) -> MLPNet:
+    """The network a run with this seed starts from (the notebook builds it so, then hands it to `run`)."""
+    seed_everything(seed)
+    return MLPNet(model)
+
+
+def quiet(line: str):
+    """The log of a rank other than 0: nothing (rank 0 speaks for the run)."""
+
+
+class RunHooks:
+    """What `run` does around `fit`: the live curves, the checkpoint after each epoch, and when to stop (the
+    time budget, or `until`)."""
+
+    def __init__(self, trainer: Trainer, saver, animator, max_seconds, until):
+        self.trainer, self.saver, self.animator = trainer, saver, animator
+        self.max_seconds, self.until = max_seconds, until
+
+    def progress(self, x, loss, acc):
+        self.animator.add(x, (loss, acc, None))
+
+    def after_epoch(self, trainer: Trainer):
+        if self.saver:
+            self.saver(trainer)
+        if self.animator:
+            self.animator.add(trainer.history[-1]["epoch"], (None, None, trainer.history[-1]["val_acc"]))
+
+    def over_budget(self) -> bool:
+        return self.max_seconds is not None and sum(h["seconds"] for h in self.trainer.history) >= self.max_seconds
+
+    def stop(self, record: dict) -> bool:
+        return self.over_budget() or (self.until is not None and self.until(record))
+
+
+def run(model: ModelConfig | None, recipe: Recipe | None, cfg: RunConfig | None = None, *, net: MLPNet | None = None,
+        animator: plots.Animator | None = None, log=None, until=None) -> Run:
+    """One complete run, as the notebook, train.py, the study and the benchmark make it: loaders, the network
+    (`net`, else `build(model, cfg.seed)`), `fit`, the test set once, and with `cfg.out_dir` a checkpoint
+    every epoch plus metrics.json, model.pt and curves.png at the end. A resume (`cfg.resume`) continues the
+    run in out_dir with its own model, recipe and settings: given ones must match, except a larger
+    `recipe.epochs`, which extends it (the cosine of the new length from the next step; metrics.json lists the
+    extension under `extended`). `until(record)`: stop after an epoch for which it is true."""
+    cfg = cfg or RunConfig()
     records.git_commit()  # read now: the code this run starts with
-    out = Path(out_dir) if out_dir else None
-    dev = hardware.resolve_device(device)
-    rank, world, dev = setup_distributed(dev)
+    rank, world, dev = setup_distributed(hardware.resolve_device(cfg.device))
+    out = Path(cfg.out_dir) if cfg.out_dir else None
     writer = out is not None and rank == 0
-    # A second run into the same directory stops at the lock, naming the live one.
-    with checkpoint.RunLock(out, command) if writer else contextlib.nullcontext():
+    with checkpoint.RunLock(out, cfg.command) if writer else contextlib.nullcontext():  # one run per directory
         if writer:
             for tmp in out.glob(".*.tmp"):
                 tmp.unlink()  # left by a crash mid-write; no live writer can own it while we hold the lock
-        state, extended = None, []
-        if resume:
-            state = resume_state(out, resume_from)
-            given = dict(preset=preset, seed=seed, train_limit=train_limit, eval_limit=eval_limit,
-                         max_seconds=max_seconds, test_curve=test_curve)
-            model, recipe, extended = resumed_settings(state, model, recipe, given, precision)
-            precision = state["precision"]  # a resumed run continues in its own precision
-            run_id = state["run_id"]
-            preset, seed, train_limit = state["preset"], state["seed"], state["train_limit"]
-            eval_limit, max_seconds = state.get("eval_limit"), state.get("max_seconds")
-            test_curve = state.get("test_curve", False)
-        else:
-            if writer:
-                refuse_a_used_directory(out)
-            run_id = uuid.uuid4().hex[:12]
-        prec = hardware.resolve_precision(dev, precision)
+        begin = start(model, recipe, cfg, out, writer)
+        model, recipe, cfg = begin.model, begin.recipe, begin.cfg
+        prec = hardware.resolve_precision(dev, cfg.precision)
         if recipe.batch_size % world:
             raise ValueError(f"batch size {recipe.batch_size} must divide evenly over {world} processes")
-        if writer and not resume:
-            records.atomic_write(out / "run.json", json.dumps(dict(run_id=run_id, preset=preset, seed=seed)))
-        seed_everything(seed)
-        loaders = data.loaders(recipe, seed=seed, device=dev, train_limit=train_limit, root=data_root,
-                               shard=(rank, world), eval_limit=eval_limit)
-        net = MLPNet(model)  # the same initial weights on every rank
+        loaders = data.loaders(recipe, seed=cfg.seed, device=dev, train_limit=cfg.train_limit, root=cfg.data_root,
+                               shard=(rank, world), eval_limit=cfg.eval_limit)
+        net = given_net(net, model) if net is not None else build(model, cfg.seed)  # the same on every rank
         if rank:
-            seed_everything(seed, rank)  # its own dropout and stochastic depth from here on
-        animator = plots.training_animator(recipe.epochs) if live and rank == 0 else None
-        say = (log or (animator.log if animator else print)) if rank == 0 else (lambda s: None)
-        say(f"preset {preset}: {count_params(net):,} parameters, {loaders[0].num_examples * world:,} training images"
-            + (f" in {world} shards of {loaders[0].num_examples:,}" if world > 1 else "")
-            + (f"; validation and test on their first {eval_limit:,} images only" if eval_limit else ""))
-        if extended and state is not None and extended[-1]["at_epoch"] == state["epoch"]:
-            say(f"extending the run from {extended[-1]['epochs_from']} to {extended[-1]['epochs_to']} epochs")
-        trainer = Trainer(net, recipe, loaders, dev, prec, compile=compile, test_curve=test_curve)
-        if state is not None:
-            best = resume_state(out, "best.pt") if (out / "best.pt").exists() else None
-            trainer.load_state_dict(state, checkpoint.evaluated_weights(best) if best else None)
-            if animator:
-                plots.draw_history(animator, trainer.history)
-        meta = dict(run_id=run_id, preset=preset, seed=seed, train_limit=train_limit, eval_limit=eval_limit,
-                    max_seconds=max_seconds, test_curve=test_curve, extended=extended, model=model.to_dict(),
+            seed_everything(cfg.seed, rank)  # its own dropout and stochastic depth from here on
+        animator = (animator or plots.training_animator(recipe.epochs)) if cfg.live and rank == 0 else None
+        say = quiet if rank else log or (animator.log if animator else print)
+        say(introduction(begin, net, loaders[0].num_examples, world))
+        trainer = Trainer(net, recipe, loaders, dev, prec, compile=cfg.compile, test_curve=cfg.test_curve)
+        if begin.state is not None:
+            continue_from(trainer, begin.state, out, animator)
+        meta = dict(run_id=begin.run_id, **cfg.kept(), extended=begin.extended, model=model.to_dict(),
                     recipe=recipe.to_dict(), precision=prec)
-        saver = Checkpointer(out, meta, writer) if out is not None else None
-        over_budget = lambda: max_seconds is not None and sum(h["seconds"] for h in trainer.history) >= max_seconds  # noqa: E731
-        stop_when = lambda r: over_budget() or (until is not None and until(r))  # noqa: E731
-        on_progress = (lambda x, loss, acc: animator.add(x, (loss, acc, None))) if animator else None
-
-        def after_epoch(t):
-            if saver:
-                saver(t)
-            if animator:
-                animator.add(t.history[-1]["epoch"], (None, None, t.history[-1]["val_acc"]))
-        fit(trainer, after_epoch=after_epoch, on_progress=on_progress, log=say, progress=progress and rank == 0,
-            until=stop_when)
+        hooks = RunHooks(trainer, Checkpointer(out, meta, writer) if out else None, animator, cfg.max_seconds, until)
+        fit(trainer, after_epoch=hooks.after_epoch, on_progress=hooks.progress if animator else None, log=say,
+            progress=cfg.progress and rank == 0, until=hooks.stop)
         if trainer.interrupted:
-            say(f"{saver.where() if saver else 'nothing was saved (no output directory)'}"
-                + (f"; continue with `python train.py --resume {out}` (notebook: resume = True)" if saver and saver.saved else ""))
+            say(interrupted(hooks.saver, out))
             return Run(net, trainer.history, None, loaders=loaders)
-        preds, labels = predict(net, loaders[2], dev, prec)  # kept: with view averaging a pass is not cheap
+        preds, labels = predict(net, loaders[2], dev, prec, Views.of(model))  # kept: views make a pass costly
         test_acc = float((preds == labels).sum()) / len(labels)
         metrics = {}
         if writer:
-            metrics = save_run(out, net, model, recipe, trainer.history, test_acc, preset=preset, seed=seed,
-                               device=dev, precision=prec, train_limit=train_limit, animator=animator,
-                               extra=dict(world_size=world, command=command, run_id=run_id, eval_limit=eval_limit,
-                                          val_images=loaders[1].num_examples, test_images=len(labels),
-                                          eval_views=model.views, extended=extended,
-                                          capped=over_budget() and len(trainer.history) < recipe.epochs,
-                                          **({"max_seconds": max_seconds} if max_seconds else {})))
+            metrics = save_run(out, net, model, recipe, trainer.history, test_acc, preset=cfg.preset, seed=cfg.seed,
+                               device=dev, precision=prec, train_limit=cfg.train_limit, animator=animator,
+                               extra=dict(world_size=world, command=cfg.command, run_id=begin.run_id,
+                                          eval_limit=cfg.eval_limit, val_images=loaders[1].num_examples,
+                                          test_images=len(labels), eval_views=model.views, extended=begin.extended,
+                                          capped=hooks.over_budget() and len(trainer.history) < recipe.epochs,
+                                          **({"max_seconds": cfg.max_seconds} if cfg.max_seconds else {})))
             say(f"best val acc {metrics['val_acc']:.4f} (epoch {metrics['best_epoch']}), test acc {test_acc:.4f}, "
                 f"{metrics['train_seconds']:.0f}s training. Wrote {out}/metrics.json, model.pt, curves.png")
         return Run(net, trainer.history, test_acc, metrics, loaders, (preds, labels))
+
+
+def given_net(net: MLPNet, model: ModelConfig) -> MLPNet:
+    if net.cfg.to_dict() != model.to_dict():
+        raise ValueError("the network given to run() was built from another model config than the run's "
+                         "(build it with mlp.runner.build(model, seed) from the run's own config)")
+    return net
+
+
+def introduction(begin: Start, net, images: int, world: int) -> str:
+    cfg = begin.cfg
+    line = f"preset {cfg.preset}: {count_params(net):,} parameters, {images * world:,} training images"
+    line += f" in {world} shards of {images:,}" if world > 1 else ""
+    line += f"; validation and test on their first {cfg.eval_limit:,} images only" if cfg.eval_limit else ""
+    last = begin.extended[-1] if begin.extended else None
+    if last and begin.state is not None and last["at_epoch"] == begin.state["epoch"]:
+        line += f"\nextending the run from {last['epochs_from']} to {last['epochs_to']} epochs"
+    return line
+
+
+def continue_from(trainer: Trainer, state: dict, out: Path, animator):
+    """Load a checkpoint into the trainer, with best.pt's weights as the best so far, and redraw its curves."""
+    best = resume_state(out, "best.pt") if (out / "best.pt").exists() else None
+    trainer.load_state_dict(state, checkpoint.evaluated_weights(best) if best else None)
+    if animator:
+        plots.draw_history(animator, trainer.history)
+
+
+def interrupted(saver, out) -> str:
+    if saver is None:
+        return "nothing was saved (no output directory)"
+    return saver.where() + (f"; continue with `python train.py --resume {out}` (notebook: resume = True)"
+                            if saver.saved else "")
 
 
 def save_run(out_dir, net, model, recipe, history, test_acc, *, preset, seed, device, precision, train_limit=None,

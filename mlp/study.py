@@ -13,7 +13,7 @@ import torch
 from mlp import hardware, records
 from mlp.loop import best_record
 from mlp.recipe import get_preset
-from mlp.runner import run
+from mlp.runner import RunConfig, quiet, run
 from model import MLPNet, count_params, train_flops_per_image
 
 
@@ -56,9 +56,9 @@ def train_all(presets, patches, seeds, epochs, train_limit, device, precision, j
                 from_record = r is not None
                 reused += from_record
                 if not from_record:
-                    result = run(model, recipe, preset=p, seed=s, device=dev, precision=prec, train_limit=train_limit,
-                                 eval_limit=eval_limit, live=False, log=lambda m: None, progress=False,
-                                 max_seconds=max_seconds)
+                    cfg = RunConfig(preset=p, seed=s, device=dev, precision=prec, train_limit=train_limit,
+                                    eval_limit=eval_limit, max_seconds=max_seconds, live=False, progress=False)
+                    result = run(model, recipe, cfg, log=quiet)
                     h = result.history
                     best = best_record(h)
                     r = dict(wanted, epochs=recipe.epochs, **cost[p, k],

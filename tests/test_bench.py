@@ -1,4 +1,4 @@
-"""bench.py --quick runs end to end and writes a complete bench.json. No test asserts a speed."""
+"""tools/bench.py --quick runs end to end and writes a complete bench.json. No test asserts a speed."""
 import json
 import math
 import subprocess
@@ -34,6 +34,7 @@ def test_bench_quick_writes_valid_json(tmp_path):
 def test_bench_muon_ns_times_both_dtypes_and_names_the_one_used(tmp_path, cap):
     """Under an AVX2 cap torch emulates bf16 matmuls: there MuonAdamW must take fp32 (and the record says so)."""
     import os
+
     from mlp import hardware
     out = tmp_path / "muon.json"
     r = subprocess.run([sys.executable, "tools/bench.py", "--muon-ns", "--device", "cpu", "--out", str(out)], cwd=ROOT,
@@ -47,9 +48,9 @@ def test_bench_muon_ns_times_both_dtypes_and_names_the_one_used(tmp_path, cap):
 
 
 def test_reference_network_uses_torch_dropout():
-    from tools.bench import with_torch_dropout
-    from model import Dropout, MLPNet
     from mlp.recipe import get_preset
+    from model import Dropout, MLPNet
+    from tools.bench import with_torch_dropout
     net = with_torch_dropout(MLPNet(get_preset("seed")[0]))
     drops = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
     assert len(drops) == 4 and not any(isinstance(m, Dropout) for m in drops) and all(m.p == 0.1 for m in drops)
@@ -74,8 +75,8 @@ def hand_counted_train_flops(preset):
 
 @pytest.mark.parametrize("preset", ["seed", "default", "sprint"])
 def test_flops_are_the_hand_counted_matmuls(preset):
-    from model import train_flops_per_image
     from mlp.recipe import get_preset
+    from model import train_flops_per_image
     assert train_flops_per_image(get_preset(preset)[0]) == pytest.approx(hand_counted_train_flops(preset), rel=1e-3)
 
 

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from mlp import data
 import my_utils as mu
 from conftest import ROOT
+from mlp import data
 
 
 def test_counts_dtypes_and_classes(arrays):

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from mlp import checkpoint
 from conftest import ROOT, finished_run, start_train_py, train_py, wait_for, without_timing
+from mlp import checkpoint
 
 SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--eval-limit", "500", "--quiet",
          "--device", "cpu", "--precision", "fp32"]

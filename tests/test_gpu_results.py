@@ -1,13 +1,11 @@
-"""gpu_results.py --dry-run: the whole GPU programme on the CPU with tiny sizes. Every output file is written,
-carries its provenance, and renders with results/render.py; nothing here needs a GPU."""
+"""tools/gpu_results.py --dry-run: the whole GPU programme on the CPU with tiny sizes. Every output file is written,
+carries its provenance, and renders with tools/render.py; nothing here needs a GPU."""
 import json
 import subprocess
 import sys
 
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "results"))
-import render  # noqa: E402
+from tools import render
 
 
 def test_dry_run_writes_every_result_file_and_they_render(tmp_path):
@@ -25,7 +23,7 @@ def test_dry_run_writes_every_result_file_and_they_render(tmp_path):
     for name, m in runs.items():
         for key in ("command", "git_commit", "seed", "hardware", "precision", "capped", "history"):
             assert key in m, (name, key)
-        assert m["command"].startswith("python gpu_results.py (python train.py --preset")
+        assert m["command"].startswith("python tools/gpu_results.py (python train.py --preset")
     assert [runs[f"best-gpu-seed{s}"]["seed"] for s in range(3)] == [0, 1, 2]
     assert all("test_acc" in h for h in runs["seed-curve-gpu"]["history"]), "the curve has test accuracy per epoch"
     study = json.loads((out / "patch_study.json").read_text())
@@ -36,5 +34,5 @@ def test_dry_run_writes_every_result_file_and_they_render(tmp_path):
     # everything renders as it would in README once copied into results/
     assert len(render.load_runs(out)) == 4 and render.render_presets(out)  # (subset runs: not table rows)
     assert "| 1 |" in render.render_seed_curve(out)
-    assert "python gpu_results.py (patch study)" in render.render_patch_study(out)
+    assert "python tools/gpu_results.py (patch study)" in render.render_patch_study(out)
     assert "img/s" in render.render_bench_gpu(out) and "Not measured yet" in render.render_bench_gpu(tmp_path)

@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
+import my_utils as mu
 from conftest import ROOT
-from model import (Dropout, MixerBlock, MLPNet, ModelConfig, SeedBlock, count_params, patchify, shift, unpatchify,
-                   windows)
+from mlp.evaluate import Views, logits, shift
 from mlp.recipe import PRESETS, Recipe, get_preset
+from model import Dropout, MixerBlock, MLPNet, ModelConfig, SeedBlock, count_params, patchify, unpatchify, windows
 
 
 def get_config(preset, **overrides):
@@ -46,44 +47,28 @@ def test_overlapping_windows_are_the_image_at_a_stride(arrays):
         get_config("quick", patch=10, stride=5, blocks=model.to_dict()["blocks"])
 
 
-def test_flip_tta_averages_the_mirror_images_logits_in_eval_only():
-    torch.manual_seed(0)
-    net = MLPNet(get_config("sprint", flip_tta=True)).eval()  # (no shifted views)
-    x = torch.rand(5, 1, 28, 28)
-    with torch.no_grad():
-        both = net(x)
-        net.cfg.flip_tta = False
-        plain, mirrored = net(x), net(x.flip(-1))
-        net.cfg.flip_tta = True
-        assert torch.allclose(both, (plain + mirrored) / 2, atol=1e-6)
-        assert not torch.allclose(both, plain, atol=1e-3)
-        net.train()
-        torch.manual_seed(1)
-        train_out = net(x)
-        net.cfg.flip_tta = False
-        torch.manual_seed(1)
-        assert torch.equal(train_out, net(x)), "training sees the image as given"
-
-
-def test_shift_tta_averages_the_shifted_and_mirrored_views_in_eval_only():
+def test_the_network_in_eval_mode_computes_one_view_and_evaluation_averages_the_declared_views():
+    """net(x) is the network on x, whatever views its config declares; evaluate.logits averages them."""
     torch.manual_seed(0)
     x = torch.rand(5, 1, 28, 28)
     assert torch.equal(shift(x, 1, 0)[..., 1:, :], x[..., :-1, :]) and not shift(x, 1, 0)[..., 0, :].any()
     assert torch.equal(shift(x, 0, -2)[..., :-2], x[..., 2:]) and not shift(x, 0, -2)[..., -2:].any()
     net = MLPNet(get_config("quick", flip_tta=True, shift_tta=1)).eval()
+    views = Views.of(net.cfg)
+    assert views == Views(shift=1, flip=True) and views.count == net.cfg.views == 10
     with torch.no_grad():
-        ten = net(x)
-        net.cfg.flip_tta, net.cfg.shift_tta = False, 0
-        views = [x, shift(x, 1, 0), shift(x, -1, 0), shift(x, 0, 1), shift(x, 0, -1)]
-        assert torch.allclose(ten, sum(net(v) + net(v.flip(-1)) for v in views) / 10, atol=1e-6)
+        one = net(x)
+        assert torch.equal(one, net.classifier(net.backbone(net.stem(x)))), "eval mode: one view"
+        moved = [x, shift(x, 1, 0), shift(x, -1, 0), shift(x, 0, 1), shift(x, 0, -1)]
+        ten = logits(net, x, views)
+        assert torch.allclose(ten, sum(net(v) + net(v.flip(-1)) for v in moved) / 10, atol=1e-6)
         assert not torch.allclose(ten, (net(x) + net(x.flip(-1))) / 2, atol=1e-3)
-        net.cfg.shift_tta = 1
-        net.train()
-        torch.manual_seed(1)
-        train_out = net(x)
-        net.cfg.shift_tta = 0
-        torch.manual_seed(1)
-        assert torch.equal(train_out, net(x)), "training sees the image as given"
+        assert torch.allclose(logits(net, x, Views(flip=True)), (one + net(x.flip(-1))) / 2, atol=1e-6)
+        assert torch.equal(logits(net, x), one)
+    labels = logits(net, x, views).argmax(1)
+    loader = [(x[:3], labels[:3]), (x[3:], labels[3:])]
+    assert mu.evaluate_accuracy(net, loader, views=views) == 1.0, "the accuracy of the averaged logits"
+    assert mu.evaluate_accuracy(net, loader) == pytest.approx((one.argmax(1) == labels).float().mean().item())
     for bad in (-1, 14):
         with pytest.raises(ValueError, match=rf"shift_tta={bad} must be an integer number of pixels, 0 \(off\) to 13"):
             get_config("quick", shift_tta=bad)

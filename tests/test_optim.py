@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mlp import hardware
-from model import MLPNet
 from mlp.optim import Muon, MuonAdamW, make_optimizer, make_scheduler, orthogonalise
 from mlp.recipe import get_preset
+from model import MLPNet
 
 
 def _net_and_recipe(optimizer="muon", **overrides):

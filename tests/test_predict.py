@@ -9,6 +9,7 @@ from PIL import Image
 
 from conftest import ROOT
 from mlp.checkpoint import load_model
+from mlp.evaluate import Views, logits
 from predict import load_image
 
 
@@ -36,7 +37,7 @@ def test_png_round_trip_matches_in_memory_predictions(arrays, checkpoint, tmp_pa
     answers = json.loads(r.stdout)
     net = load_model(checkpoint)
     with torch.no_grad():
-        probs = torch.softmax(net(images.unsqueeze(1).float() / 255), dim=1)
+        probs = torch.softmax(logits(net, images.unsqueeze(1).float() / 255, Views.of(net.cfg)), dim=1)  # its views
     top = probs.topk(3, dim=1)
     for a, values, idx in zip(answers, top.values, top.indices):
         assert [t["label"] for t in a["top"]] == [["t-shirt", "trouser", "pullover", "dress", "coat", "sandal",
@@ -204,6 +205,7 @@ def test_a_file_is_decoded_only_by_the_allowed_formats(arrays, checkpoint, tmp_p
     """An EPS file named photo.png would have Pillow run Ghostscript on it: it is refused before any EPS code
     runs, with one line naming the formats read, and the other files still get answers."""
     from PIL import EpsImagePlugin
+
     from predict import predict_files
     eps = tmp_path / "photo.png"
     eps.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n0 0 moveto 28 28 lineto stroke\nshowpage\n%%EOF\n")

@@ -7,7 +7,6 @@ import pytest
 
 from conftest import ROOT
 from mlp.recipe import PRESETS
-
 from tools import render
 
 MAKE_RUN = dict(test_acc=0.8912, val_acc=0.8976, best_epoch=6, epochs=6, train_seconds=351.2,

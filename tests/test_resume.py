@@ -6,10 +6,10 @@ import subprocess
 import pytest
 import torch
 
-from mlp import checkpoint
 from conftest import finished_run, start_train_py, train_cli, train_main, train_py, wait_for, without_timing
+from mlp import checkpoint
 from mlp.recipe import get_preset
-from mlp.runner import run
+from mlp.runner import RunConfig, quiet, run
 
 load_checkpoint = checkpoint.load
 
@@ -72,8 +72,8 @@ def test_resuming_with_another_config_is_one_clear_error(straight):
     files = lambda: {p.name: p.stat().st_mtime_ns for p in straight.iterdir() if p.name != ".lock"}  # noqa: E731
     before = files()
     with pytest.raises(checkpoint.CheckpointError, match="a resumed run keeps its own settings") as e:
-        run(*get_preset("seed"), preset="sprint", train_limit=1500, eval_limit=500, out_dir=straight, resume=True,
-            live=False, log=lambda s: None)
+        run(*get_preset("seed"), RunConfig(preset="sprint", train_limit=1500, eval_limit=500, out_dir=straight,
+                                           resume=True, live=False), log=quiet)
     assert "optimizer='adam' (the run has 'muon')" in str(e.value) and "patch=4 (the run has 7)" in str(e.value)
     assert "preset=" not in str(e.value), "only what differs is named"
     assert files() == before, "nothing written"

@@ -1,15 +1,12 @@
 """The patch-size study notebook executes end to end with tiny parameters, resumes without retraining, and
-its JSON renders into the README table."""
+its JSON renders into the results table."""
 import json
-import sys
 
 import nbformat
 import papermill as pm
 
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "results"))
-import render  # noqa: E402
+from tools import render
 
 TINY = dict(presets=["seed", "quick"], patches=[2, 4, 7], seeds=[0, 1], epochs_seed=1, epochs_quick=1,
             train_limit=256, eval_limit=200, resume=True, command="pytest tiny study")

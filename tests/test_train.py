@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from mlp import checkpoint
-from mlp import data
 import my_utils as mu
-from mlp.checkpoint import load_model
-from mlp.loop import Trainer, best_record, fit
-from model import MLPNet, count_params
-from mlp.recipe import get_preset
 from conftest import ROOT, train_cli, without_timing
+from mlp import checkpoint, data
+from mlp.checkpoint import load_model
+from mlp.evaluate import Views
+from mlp.loop import Trainer, best_record, fit
+from mlp.recipe import get_preset
+from model import MLPNet, count_params
 
 CPU = torch.device("cpu")
 
@@ -68,7 +68,7 @@ def test_best_validation_epoch_is_restored():
                     p.normal_(0, 3.0)
     history = fit(t, after_epoch=scramble, log=lambda s: None, progress=False)
     assert history[1]["val_acc"] < history[0]["val_acc"] - 0.1, "the scramble made epoch 2 worse"
-    assert mu.evaluate_accuracy(t.net, t.val_iter) == pytest.approx(history[0]["val_acc"])
+    assert mu.evaluate_accuracy(t.net, t.val_iter, views=t.views) == pytest.approx(history[0]["val_acc"])
 
 
 def test_val_every_validates_every_nth_epoch_the_last_and_where_a_run_stops():
@@ -78,7 +78,7 @@ def test_val_every_validates_every_nth_epoch_the_last_and_where_a_run_stops():
     assert [r["epoch"] for r in history if r["val_acc"] is not None] == [2, 4, 5], "every 2nd, and the last"
     assert all(r["eval_seconds"] == 0 for r in history if r["val_acc"] is None)
     best = best_record(history)
-    assert t.best_epoch == best["epoch"] and mu.evaluate_accuracy(t.net, t.val_iter) == pytest.approx(best["val_acc"])
+    assert t.best_epoch == best["epoch"] and mu.evaluate_accuracy(t.net, t.val_iter, views=t.views) == pytest.approx(best["val_acc"])
     # a run stopped early (a time budget, bench's target) is validated at the epoch where it stops
     t = trainer(model, recipe, 1000)
     history = fit(t, log=lambda s: None, progress=False, until=lambda r: r["epoch"] == 3)
@@ -177,7 +177,7 @@ def test_train_py_writes_metrics_model_and_curves(tmp_path):
     net = load_model(out / "model.pt")  # torch.load(..., weights_only=True) of model config + weights
     assert set(torch.load(out / "model.pt", weights_only=True)) == {"format", "model", "preset", "state_dict"}
     _, _, te = mu.fashion_mnist_loaders(1000, eval_limit=1000)
-    assert mu.evaluate_accuracy(net, te, precision=m["precision"]) == m["test_acc"]
+    assert mu.evaluate_accuracy(net, te, precision=m["precision"], views=Views.of(net.cfg)) == m["test_acc"]
     assert (out / "curves.png").stat().st_size > 1000
 
 
@@ -200,7 +200,7 @@ def test_a_bf16_run_resumes_and_is_reevaluated_in_its_own_precision(tmp_path):
     assert 0.1 < b["test_acc"] == a["test_acc"] <= 1
     _, _, te = mu.fashion_mnist_loaders(64, eval_limit=128)
     net = load_model(killed / "model.pt")
-    assert mu.evaluate_accuracy(net, te, precision="bf16") == b["test_acc"]
+    assert mu.evaluate_accuracy(net, te, precision="bf16", views=Views.of(net.cfg)) == b["test_acc"]
 
 
 def test_train_py_set_overrides_and_test_curve(tmp_path):

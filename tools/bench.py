@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as `python tools/X.py` from anywhere: the library is in the repository
 
 from mlp import data, hardware, plots, records  # noqa: E402
-from mlp.evaluate import evaluate_accuracy  # noqa: E402
+from mlp.evaluate import Views, evaluate_accuracy  # noqa: E402
 from mlp.loop import Trainer, fit  # noqa: E402
 from mlp.optim import Muon, MuonAdamW, orthogonalise  # noqa: E402
 from mlp.recipe import get_preset  # noqa: E402
-from mlp.runner import run  # noqa: E402
+from mlp.runner import RunConfig, quiet, run  # noqa: E402
 from model import Dropout, MLPNet, train_flops_per_image  # noqa: E402
 
 
@@ -80,7 +80,8 @@ def reference_run(model, recipe, device, batches=None, epochs=1, warmup=5, train
             break
     out = dict(img_s=seen / (time.perf_counter() - t0), test_acc=None)
     if batches is None:
-        out["test_acc"] = evaluate_accuracy(net, torch.utils.data.DataLoader(sets[1], 256, num_workers=4), device)
+        test = torch.utils.data.DataLoader(sets[1], 256, num_workers=4)
+        out["test_acc"] = evaluate_accuracy(net, test, device, views=Views.of(model))  # our views: loops compared
     return out
 
 
@@ -98,7 +99,7 @@ def ours_run(model, recipe, device, precision, batches=None, epochs=1, warmup=5,
         h = fit(Trainer(net, r, loaders, device, precision), log=lambda s: None, progress=False)
     out = dict(img_s=loaders[0].num_examples * len(h) / sum(r["seconds"] for r in h), test_acc=None)
     if batches is None:
-        out["test_acc"] = evaluate_accuracy(net, loaders[2], device, precision)
+        out["test_acc"] = evaluate_accuracy(net, loaders[2], device, precision, Views.of(model))
     return out
 
 
@@ -126,12 +127,16 @@ def matmul_peak_gflops(device, dtype, n=2048, seconds=2.0) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
+def reached_90(record: dict) -> bool:
+    return record["val_acc"] >= 0.90
+
+
 def time_to_90(preset, device, precision):
     """Train a preset's recipe, validating after every epoch (whatever its val_every); wall seconds (train +
     validation) until validation accuracy first >= 90 % (training stops there)."""
     model, recipe = get_preset(preset, val_every=1)
-    history = run(model, recipe, preset=preset, device=device, precision=precision, live=False,
-                  log=lambda s: None, progress=False, until=lambda r: r["val_acc"] >= 0.90).history
+    cfg = RunConfig(preset=preset, device=device, precision=precision, live=False, progress=False)
+    history = run(model, recipe, cfg, log=quiet, until=reached_90).history
     seconds, epoch = records.time_to_accuracy(history, 0.90)
     return dict(time_to_90_s=seconds, epoch_90=epoch), history
 

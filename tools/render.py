@@ -1,4 +1,4 @@
-"""Render the result tables of README.md and BENCHMARKS.md from the JSON files in results/ (no hand-typed
+"""Render the result tables of README.md and docs/*.md from the JSON files in results/ (no hand-typed
 numbers).
 
     python tools/render.py           # rewrite the marked blocks
@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import textwrap
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))  # runnable as `python tools/render.py` from anywh
 from mlp import records  # noqa: E402  (torch-free: rendering needs no torch)
 
 HERE = ROOT / "results"  # the recorded data
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # the pages with rendered blocks
 
 
 class ResultsError(ValueError):
@@ -179,11 +180,15 @@ def full_data(r: dict) -> bool:
     return not (r.get("train_limit") or r.get("eval_limit") or any("test_acc" in h for h in r["history"]))
 
 
-def render_presets(folder: Path) -> str:
-    """One row per (preset, network, epochs, hardware) in results/runs/: test and validation mean ± std over seeds."""
+SUPERSEDED = re.compile(r"-v\d+-")  # results/runs/NAME-vN-*.json: the runs of a preset's earlier version
+
+
+def render_presets(folder: Path, superseded: bool = False) -> str:
+    """One row per (preset, network, epochs, hardware) in results/runs/: test and validation mean ± std over seeds.
+    The current presets' runs only, unless `superseded` (then every version's)."""
     groups = {}
     for r in load_runs(folder):
-        if not full_data(r):
+        if not full_data(r) or (SUPERSEDED.search(r["file"]) and not superseded):
             continue
         groups.setdefault((r["preset"], network(r), r["epochs"], r["hardware"], r["precision"]), []).append(r)
     lines = ["| preset | network | epochs | seeds | test accuracy | validation accuracy | training time | hardware | "
@@ -318,7 +323,7 @@ def table(rows) -> str:
 RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": render_bench, "bench_gpu": render_bench_gpu,
              "bench_avx512": lambda folder: render_bench(folder, "bench_cpu_avx512.json"),
              "profile": render_profile, "muon_ns": render_muon_ns, "live_overhead": render_live_overhead,
-             "presets": render_presets,
+             "presets": render_presets, "presets_all": lambda folder: render_presets(folder, superseded=True),
              "seed_curve": render_seed_curve, "patch_study": render_patch_study, "best_probe": render_best_probe}
 
 
@@ -348,8 +353,8 @@ def record(run: Path, folder: Path = HERE):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--readme", nargs="+", default=[str(ROOT / n) for n in ("README.md", "BENCHMARKS.md")],
-                   help="the Markdown files whose marked blocks to render (default: README.md BENCHMARKS.md)")
+    p.add_argument("--readme", nargs="+", default=[str(p) for p in PAGES],
+                   help="the Markdown files whose marked blocks to render (default: README.md and docs/*.md)")
     p.add_argument("--check", action="store_true")
     p.add_argument("--results", default=str(HERE), help="the folder of recorded data (default: results/)")
     p.add_argument("--record-run", metavar="RUN_DIR", nargs="+", default=[],
