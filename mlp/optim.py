@@ -30,9 +30,8 @@ def orthogonalise(g: torch.Tensor, coefficients, steps: int, eps: float, dtype: 
 
 class Muon(torch.optim.Muon):
     """torch.optim.Muon's update, with Newton-Schulz in `ns_dtype`. torch's own runs it in bf16 always, which a
-    CPU without bf16 instructions (the AVX2 development CPU) emulates: under an AVX2 cap a step of quick's Muon
-    took 89 ms instead of 4 (results/muon_ns_cpu_avx2cap.json), and an epoch 4x as long. Same parameter groups
-    and state, so checkpoints carry over."""
+    CPU without bf16 instructions (the AVX2 development CPU) emulates many times slower than fp32
+    (docs/speed.md: Muon on a CPU without bf16). Same parameter groups and state, so checkpoints carry over."""
 
     def __init__(self, params, ns_dtype=torch.bfloat16, **kwargs):
         super().__init__(params, **kwargs)

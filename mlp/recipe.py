@@ -90,37 +90,30 @@ PRESETS: dict[str, Preset] = {
                     blocks=[BlockSpec((49, 256, 128), (256, 128, 64)), BlockSpec((128, 64, 128), (64, 32, 16))]),
         Recipe(epochs=200, batch_size=256, lr=1e-3, weight_decay=5e-4, optimizer="adam", schedule="step",
                lr_drops=[53, 104, 155])),
-    # The frontier's best measured recipe near 30 minutes of the development CPU: 4x4 patches (49 tokens) at
-    # width 64, four blocks whose token MLPs are 16 wide (49 -> 16 -> 49) and feature MLPs 256, flips and
-    # +-1 px shifts, Muon, 24 epochs: about the cost per image of 7x7 patches at width 128, and with shifts in
-    # training the finer tokens paid (README: the frontier). At evaluation the logits are averaged over the
-    # image, its four 1-px shifts and the mirror images of all five (pays only for a network trained with shifts).
+    # The best measured recipe near 30 minutes of the development CPU (docs/frontier.md). Narrow token MLPs
+    # keep 49 tokens about as cheap as 16 at twice the width; training with shifts is what makes the evaluation's
+    # shifted views pay.
     "long": Preset(
         ModelConfig(patch=4, dim=64, blocks=mixer_blocks(49, 64, depth=4, token_hidden=16, feature_hidden=256),
                     act="relu", flip_tta=True, shift_tta=1),
         Recipe(epochs=24, batch_size=128, lr=3e-3, weight_decay=0.05, optimizer="muon", schedule="cosine",
                warmup_epochs=0.5, label_smoothing=0.1, augment=True, shift=1)),
-    # Sized for a GPU: a wider, deeper Mixer, long and regularised (flips, shifts, random erasing,
-    # stochastic depth, label smoothing). Aimed at 93.5 %; README says what has been measured.
+    # Sized for a GPU: a wider, deeper Mixer, long and regularised. Not trained yet (docs/results.md).
     "best": Preset(
         ModelConfig(patch=4, dim=128, blocks=mixer_blocks(49, 128, depth=8, token_hidden=128, feature_hidden=512),
                     drop_path=0.1),
         Recipe(epochs=150, batch_size=128, lr=2e-3, weight_decay=0.05, optimizer="adamw", schedule="cosine",
                warmup_epochs=5.0, label_smoothing=0.1, augment=True, erase=0.25)),
 }
-# The frontier's fastest measured route to 90 % validation: 7x7 patches (16 tokens), width 128, two Mixer
-# blocks with 16-wide token MLPs, ReLU, flips in training and flip averaging at evaluation, batch 128, Muon, and
-# a moving average of the weights (decay 0.998, ~1 epoch: at a high rate it validates better than the last
-# step's weights), 3 epochs with a short warm-up. It was the 15-epoch `quick` (64-wide token MLPs) cut short.
+# The fastest measured route to 90 % validation (docs/frontier.md). Its 3 epochs end at a high rate, where a
+# moving average of the weights validates better than the last step's.
 PRESETS["sprint"] = Preset(
     ModelConfig(patch=7, dim=128, blocks=mixer_blocks(16, 128, depth=2, token_hidden=16, feature_hidden=384),
                 act="relu", flip_tta=True),
     Recipe(epochs=3, batch_size=128, lr=5e-3, weight_decay=0.05, optimizer="muon", schedule="cosine",
            warmup_epochs=0.1, label_smoothing=0.1, augment=True, shift=0, ema=0.998))
-# The frontier's pick for a 10-minute run of the 2-core development CPU (README: the frontier): `long` with
-# three blocks, cut to 10 epochs. Ten-view averaging makes a validation cost ~4 s here, a quarter of an epoch,
-# so it validates after epochs 5 and 10 only: that is what lets it fit `make run`. Three blocks beat two per
-# CPU-second on the frontier (two blocks for 13 and 16 epochs validated 91.8 and 91.9 %, three 92.0 %).
+# `long` cut to fit a 10-minute run of the development CPU (docs/frontier.md). A ten-view validation costs a
+# quarter of an epoch, so it validates after epochs 5 and 10 only.
 PRESETS["quick"] = Preset(
     dataclasses.replace(PRESETS["long"].model,
                         blocks=mixer_blocks(49, 64, depth=3, token_hidden=16, feature_hidden=256)),
