@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -32,30 +34,26 @@ def train_py(*args, env=None, timeout=600):
                           env=dict(os.environ, **(env or {})), timeout=timeout)
 
 
-def train_cli(*args, request, capsys):
-    """train.py's command line, as a process for a case marked `process`, else in this process (`train_main`).
-    Returns (exit code, stderr)."""
-    if request.node.get_closest_marker("process"):
-        r = train_py(*args)
-        return r.returncode, r.stderr
-    code, _, err = train_main(*args, capsys=capsys)
-    return code, err
+def train_cli(*args, request):
+    """train.py's command line, as a process for a case marked `process`, else in this process (`train_here`)."""
+    return train_py(*args) if request.node.get_closest_marker("process") else train_here(*args)
 
 
-def train_main(*args, capsys):
-    """train.py's command line in this process (`train.main`): for checks that end before training, where a
-    new process would spend its seconds importing torch. Returns (exit code, stdout, stderr)."""
+def train_here(*args) -> subprocess.CompletedProcess:
+    """train.py's command line in this process (`train.main`), answered as `train_py` answers: for runs whose
+    process boundary is not what a test checks (a refusal, a run to compare with, a resume after a kill),
+    where a new process would spend ~7 s importing torch. Deterministic on a CPU, as a process is."""
     import train
-    capsys.readouterr()
-    try:
-        train.main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-    out, err = capsys.readouterr()
-    return code, out, err
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            train.main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+    return subprocess.CompletedProcess(["train.py", *args], code, out.getvalue(), err.getvalue())
 
 
 def start_train_py(*args):
@@ -76,8 +74,19 @@ def without_timing(history):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
 
 
+@pytest.fixture(scope="session")
+def gpu_dry_run(tmp_path_factory):
+    """tools/gpu_results.py --dry-run: the whole GPU programme on the CPU with tiny sizes. Its last part is
+    `tools/bench.py --quick --device cpu`, whose bench_gpu.json test_bench reads too (one run of it, not two).
+    Returns (its output folder, the finished process)."""
+    out = tmp_path_factory.mktemp("gpu") / "gpu"
+    r = subprocess.run([sys.executable, "tools/gpu_results.py", "--dry-run", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=1200)
+    return out, r
+
+
 def finished_run(tmp_path_factory, *args):
     out = tmp_path_factory.mktemp("straight")
-    r = train_py(*args, "--out", str(out))
+    r = train_here(*args, "--out", str(out))
     assert r.returncode == 0, r.stderr
     return out

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, train_here
 
 # BatchNorm's share of the difference. Measured on the 2-core CPU: 0.001 and 0.003 in training loss, 0.0007 in
 # training accuracy; when each rank drew the same augmentation as the others (before the fix) training
@@ -26,8 +26,7 @@ def torchrun(*args, env=None, timeout=600):
 
 def test_torchrun_two_processes_match_one_process(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    r = subprocess.run([sys.executable, "train.py", *ARGS, "--out", str(single)], cwd=ROOT, capture_output=True,
-                       text=True)
+    r = train_here(*ARGS, "--out", str(single))  # (in this process: its import of torch is not the test)
     assert r.returncode == 0, r.stderr
     r = torchrun(*ARGS, "--out", str(ddp))
     assert r.returncode == 0, r.stderr[-3000:]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, finished_run, start_train_py, train_py, wait_for, without_timing
+from conftest import ROOT, finished_run, start_train_py, train_here, train_py, wait_for, without_timing
 from mlp import checkpoint
 
 SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--eval-limit", "500", "--quiet",
@@ -43,7 +43,7 @@ def test_a_second_run_into_a_live_run_directory_stops_at_once_naming_it(tmp_path
     first = start(*SMALL, "--epochs", "3", "--out", str(out))
     wait_for(out / "run.json", first)
     t0 = time.time()
-    second = train(*SMALL, "--epochs", "3", "--out", str(out))
+    second = train_here(*SMALL, "--epochs", "3", "--out", str(out))
     assert second.returncode == 1 and time.time() - t0 < 60
     assert f"is in use by PID {first.pid}" in second.stderr and "started 20" in second.stderr
     assert "Traceback" not in second.stderr and "training on" not in second.stdout
@@ -58,7 +58,7 @@ def test_a_killed_runs_lock_does_not_block_the_next_run(tmp_path, straight):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert json.loads((out / ".lock").read_text())["pid"] == p.pid, "the dead run's lock file is still there"
-    r = train("--resume", str(out), "--quiet")
+    r = train_here("--resume", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     assert history(out) == history(straight)
 
@@ -84,7 +84,7 @@ def test_sigkill_during_checkpoint_writes_keeps_the_previous_and_resumes(tmp_pat
     r = train("--resume", str(out), "--quiet", env={"MLP_FAILPOINT": f"{where}:last.pt:1"})
     assert r.returncode == -signal.SIGKILL and checkpoint.load(out / "last.pt")["epoch"] == 1
     assert len(list(out.glob(".*.tmp"))) == 1, "temp files do not pile up"
-    r = train("--resume", str(out), "--quiet")
+    r = train_here("--resume", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     assert history(out) == history(straight)
     assert not list(out.glob(".*.tmp")), "no temp file is left behind"
@@ -100,7 +100,7 @@ def test_a_damaged_last_pt_names_the_file_and_offers_best_pt(tmp_path, straight,
         last.write_bytes(b"")
     else:
         last.write_bytes((straight / "last.pt").read_bytes())
-    r = train("--resume", str(out), "--quiet")
+    r = train_here("--resume", str(out), "--quiet")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     expected = "belongs to another run" if damage == "another run's" else "last.pt is damaged"
     assert expected in r.stderr and str(last) in r.stderr
@@ -113,7 +113,7 @@ def test_resume_from_best_pt_continues_from_its_epoch(tmp_path, two_epochs):
     out = copy_of(two_epochs, tmp_path / "frombest")
     (out / "last.pt").write_bytes(b"")
     epoch = checkpoint.load(out / "best.pt")["epoch"]
-    r = train("--resume", str(out), "--from", "best.pt", "--quiet")
+    r = train_here("--resume", str(out), "--from", "best.pt", "--quiet")
     assert r.returncode == 0, r.stderr
     assert f"epochs {epoch + 1}-2" in r.stdout or epoch == 2
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
@@ -128,10 +128,10 @@ def test_disk_full_mid_run_stops_cleanly_and_resumes_once_space_is_freed(tmp_pat
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         out = mnt / "run"
-        # each epoch made 5 s longer (a fault point): the disk is filled while epoch 2 trains, before its write
+        # each epoch made 2 s longer (a fault point): the disk is filled while epoch 2 trains, before its write
         p = subprocess.Popen([sys.executable, "train.py", *SMALL, "--epochs", "3", "--out", str(out)], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=dict(os.environ, MLP_FAILPOINT="slow-epoch:rank0:5"))
+                             env=dict(os.environ, MLP_FAILPOINT="slow-epoch:rank0:2"))
         wait_for(out / "last.pt", p)
         free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
         filler = mnt / "filler"
@@ -142,7 +142,7 @@ def test_disk_full_mid_run_stops_cleanly_and_resumes_once_space_is_freed(tmp_pat
         assert "No space left on device" in stderr and "the checkpoint of epoch 1 is intact" in stderr
         assert checkpoint.load(out / "last.pt")["epoch"] == 1 and not list(out.glob(".*.tmp"))
         filler.unlink()
-        r = train("--resume", str(out), "--quiet")
+        r = train_here("--resume", str(out), "--quiet")
         assert r.returncode == 0, r.stderr
         assert history(out) == history(straight)
     finally:

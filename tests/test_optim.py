@@ -1,14 +1,9 @@
 """The optimisers of recipe.py: which parameters Muon takes, what its step is, and its checkpoint state."""
 import io
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from mlp import hardware
 from mlp.optim import Muon, MuonAdamW, make_optimizer, make_scheduler, orthogonalise
 from mlp.recipe import get_preset
 from model import MLPNet
@@ -144,21 +139,3 @@ def test_newton_schulz_in_fp32_orthogonalises_like_bf16(shape):
     assert (x32 - x16.float()).abs().max() < 0.05, "the same iteration; bf16 only rounds"
 
 
-def _ns_dtype_in_a_fresh_process(env: dict) -> str:
-    code = ("import torch; from mlp import hardware, optim, recipe; from model import MLPNet; "
-            "m, r = recipe.get_preset('sprint'); o = optim.make_optimizer(MLPNet(m), r); "
-            "print(o.muon.ns_dtype, hardware.describe(torch.device('cpu')))")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).parents[1])
-    return out.stdout
-
-
-def test_newton_schulz_runs_in_fp32_where_bf16_would_be_emulated():
-    """torch emulates bf16 matmuls ~25x slower than fp32 where oneDNN may not use bf16 instructions (an AVX2
-    CPU; here ONEDNN_MAX_CPU_ISA=AVX2 forbids them): there Muon orthogonalises in fp32, and the record's
-    hardware names the cap."""
-    out = _ns_dtype_in_a_fresh_process({"ONEDNN_MAX_CPU_ISA": "AVX2"})
-    assert out.startswith("torch.float32") and "ONEDNN_MAX_CPU_ISA=AVX2" in out, out
-    native = hardware.native_bf16(torch.device("cpu"))
-    out = _ns_dtype_in_a_fresh_process({})
-    assert out.startswith("torch.bfloat16" if native else "torch.float32") and "ONEDNN" not in out, out

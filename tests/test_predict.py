@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, train_here
 from mlp.checkpoint import load_model
 from mlp.evaluate import Views, logits
 from predict import load_image
@@ -16,8 +16,8 @@ from predict import load_image
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
-    r = subprocess.run([sys.executable, "train.py", "--epochs", "1", "--batch-size", "64", "--train-limit", "3000",
-                        "--eval-limit", "500", "--quiet", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    r = train_here("--epochs", "1", "--batch-size", "64", "--train-limit", "3000", "--eval-limit", "500", "--quiet",
+                   "--out", str(out))
     assert r.returncode == 0, r.stderr
     return out / "model.pt"
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, train_here
 from mlp.recipe import PRESETS
 from tools import render
 
@@ -178,8 +178,8 @@ def test_frontier_table_marks_the_best_so_far_and_skips_subset_and_curve_runs(tm
 
 def test_max_seconds_caps_a_trial_and_the_record_says_so(tmp_path):
     out = tmp_path / "capped"
-    r = subprocess.run([sys.executable, "train.py", "--epochs", "4", "--batch-size", "64", "--train-limit", "640",
-                        "--eval-limit", "256", "--max-seconds", "0.001", "--quiet", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    r = train_here("--epochs", "4", "--batch-size", "64", "--train-limit", "640", "--eval-limit", "256",
+                   "--max-seconds", "0.001", "--quiet", "--out", str(out))
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 1 and m["capped"] is True and m["max_seconds"] == 0.001 \

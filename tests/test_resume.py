@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import finished_run, start_train_py, train_cli, train_main, train_py, wait_for, without_timing
+from conftest import finished_run, start_train_py, train_cli, train_here, train_py, wait_for, without_timing
 from mlp import checkpoint
 from mlp.recipe import get_preset
 from mlp.runner import RunConfig, quiet, run
@@ -47,7 +47,7 @@ def test_sigkill_mid_epoch_then_resume_equals_a_straight_run(ema, request, tmp_p
     p.wait()
     assert load_checkpoint(out / "last.pt")["epoch"] == 1, "killed in epoch 2: the epoch-1 checkpoint is intact"
     assert not (out / "metrics.json").exists()
-    r = train("--resume", str(out), "--quiet")
+    r = train_here("--resume", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     a, b = (torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (straight, out))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights must be identical"
@@ -100,7 +100,7 @@ def test_same_seed_gives_identical_metrics(straight, tmp_path):
 
 def test_non_finite_loss_stops_with_a_hint_and_keeps_no_bad_files(tmp_path):
     out = tmp_path / "nan"
-    r = train(*SMALL, "--epochs", "2", "--lr", "1e12", "--out", str(out))
+    r = train_here(*SMALL, "--epochs", "2", "--lr", "1e12", "--out", str(out))
     assert r.returncode != 0 and "learning rate" in r.stderr and "Traceback" not in r.stderr
     assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
 
@@ -108,12 +108,12 @@ def test_non_finite_loss_stops_with_a_hint_and_keeps_no_bad_files(tmp_path):
 def test_unwritable_run_directory_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = train(*SMALL, "--epochs", "1", "--out", str(blocker / "run"))
+    r = train_here(*SMALL, "--epochs", "1", "--out", str(blocker / "run"))
     assert r.returncode != 0 and "is not writable" in r.stderr and "training on" not in r.stdout
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
-    r = train("--resume", str(tmp_path))
+    r = train_here("--resume", str(tmp_path))
     assert r.returncode != 0 and "no checkpoint at" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -125,7 +125,7 @@ def test_full_run_directory_fails_before_training(tmp_path):
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
-        r = train(*SMALL, "--epochs", "1", "--out", str(mnt / "run"))
+        r = train_here(*SMALL, "--epochs", "1", "--out", str(mnt / "run"))
         assert r.returncode != 0 and "is not writable" in r.stderr and "training on" not in r.stdout
         assert list((mnt / "run").iterdir()) == [], "no probe or partial file left behind"
     finally:
@@ -182,13 +182,14 @@ def copy_run(src, dst):
     (["--precision", "OTHER"], "precision='OTHER' (the run has 'OWN')"),
     (["--epochs", "1"], "epochs=1: the run has already trained 2 epochs"),
 ])
-def test_resume_refuses_every_changed_setting_by_name_and_writes_nothing(straight, args, named, request, capsys):
+def test_resume_refuses_every_changed_setting_by_name_and_writes_nothing(straight, args, named, request):
     """One case as a process of its own; the others through the same `train.main` in this process."""
     own = load_checkpoint(straight / "last.pt")["precision"]  # auto: bf16 or fp32, by the CPU
     other = "fp32" if own == "bf16" else "bf16"
     args, named = [other if a == "OTHER" else a for a in args], named.replace("OTHER", other).replace("OWN", own)
     before = files_of(straight)
-    code, stderr = train_cli("--resume", str(straight), "--quiet", *args, request=request, capsys=capsys)
+    r = train_cli("--resume", str(straight), "--quiet", *args, request=request)
+    code, stderr = r.returncode, r.stderr
     assert code == 1 and named in stderr and "Traceback" not in stderr, stderr
     assert stderr.count("\n") == 1, "one line"
     assert files_of(straight) == before
@@ -197,8 +198,8 @@ def test_resume_refuses_every_changed_setting_by_name_and_writes_nothing(straigh
 def test_resume_with_the_runs_own_settings_is_accepted(straight, tmp_path):
     out = copy_run(straight, tmp_path / "again")
     own = load_checkpoint(straight / "last.pt")["precision"]  # auto: bf16 or fp32, by the CPU
-    r = train("--resume", str(out), "--quiet", "--preset", "sprint", "--seed", "0", "--train-limit", "1500",
-              "--eval-limit", "500", "--epochs", "2", "--precision", own)
+    r = train_here("--resume", str(out), "--quiet", "--preset", "sprint", "--seed", "0", "--train-limit", "1500",
+                   "--eval-limit", "500", "--epochs", "2", "--precision", own)
     assert r.returncode == 0, r.stderr
 
 
@@ -206,7 +207,7 @@ def test_resume_with_more_epochs_extends_the_run_and_says_so(straight, tmp_path)
     """timm's and nanoGPT's --resume with a larger --epochs: the run goes on; the schedule is the new length's
     from the next step; the record lists the extension."""
     out = copy_run(straight, tmp_path / "extended")
-    r = train("--resume", str(out), "--epochs", "3", "--quiet")
+    r = train_here("--resume", str(out), "--epochs", "3", "--quiet")
     assert r.returncode == 0, r.stderr
     assert "extending the run from 2 to 3 epochs" in r.stdout and "epochs 3-3" in r.stdout
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, out))
@@ -225,17 +226,18 @@ def test_resume_with_more_epochs_extends_the_run_and_says_so(straight, tmp_path)
     (["--out", "OTHER", "--resume", "RUN"], "name two directories"),
     (["--out", "RUN", "--from", "best.pt"], "--from best.pt needs --resume DIR"),
 ])
-def test_resume_flags_that_contradict_each_other_are_refused(straight, tmp_path, args, message, capsys):
+def test_resume_flags_that_contradict_each_other_are_refused(straight, tmp_path, args, message):
     args = [str(straight) if a == "RUN" else str(tmp_path / "other") if a == "OTHER" else a for a in args]
     before = files_of(straight)
-    code, _, stderr = train_main(*args, "--quiet", capsys=capsys)
+    r = train_here(*args, "--quiet")
+    code, stderr = r.returncode, r.stderr
     assert code == 2 and message in stderr and "Traceback" not in stderr
     assert files_of(straight) == before and not (tmp_path / "other").exists()
 
 
 def test_a_fresh_run_into_a_used_run_directory_is_refused_naming_what_is_there(straight):
     before = files_of(straight)
-    r = train(*SMALL, "--epochs", "2", "--out", str(straight))
+    r = train_here(*SMALL, "--epochs", "2", "--out", str(straight))
     assert r.returncode == 1 and "Traceback" not in r.stderr and "training on" not in r.stdout
     assert f"run directory {straight} already holds a run (run.json, last.pt, best.pt, model.pt" in r.stderr
     assert f"--resume {straight}" in r.stderr and "another output directory" in r.stderr
@@ -246,5 +248,5 @@ def test_resume_checks_best_pt_belongs_to_the_run(straight, straight_raw, tmp_pa
     """A best.pt of another run beside this run's last.pt is named, not loaded as this run's best weights."""
     out = copy_run(straight, tmp_path / "mixed")
     (out / "best.pt").write_bytes((straight_raw / "best.pt").read_bytes())
-    r = train("--resume", str(out), "--quiet")
+    r = train_here("--resume", str(out), "--quiet")
     assert r.returncode == 1 and f"{out / 'best.pt'} belongs to another run" in r.stderr

@@ -9,7 +9,7 @@ from conftest import ROOT
 from tools import render
 
 TINY = dict(presets=["seed", "quick"], patches=[2, 4, 7], seeds=[0, 1], epochs_seed=1, epochs_quick=1,
-            train_limit=256, eval_limit=200, resume=True, command="pytest tiny study")
+            train_limit=128, eval_limit=100, resume=True, command="pytest tiny study")
 
 
 def run_study(tmp_path, name):
@@ -28,7 +28,7 @@ def test_study_notebook_runs_with_tiny_parameters_and_resumes(tmp_path):
     assert len(st["rows"]) == 12 and {(r["preset"], r["patch"], r["seed"]) for r in st["rows"]} == {
         (p, k, s) for p in ("seed", "quick") for k in (2, 4, 7) for s in (0, 1)}
     for r in st["rows"]:
-        assert r["epochs"] == 1 and r["train_limit"] == 256 and 0 < r["test_acc"] <= 1 and r["sec_per_epoch"] > 0
+        assert r["epochs"] == 1 and r["train_limit"] == 128 and 0 < r["test_acc"] <= 1 and r["sec_per_epoch"] > 0
     params = {(r["preset"], r["patch"]): r["params"] for r in st["summary"]}
     assert params["seed", 4] == 111164, "the seed network at K=4 is the original"
     assert params["seed", 2] > params["seed", 4] > params["seed", 7], "its token MLP's input is the patch count"

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import my_utils as mu
-from conftest import ROOT, train_cli, without_timing
+from conftest import ROOT, train_cli, train_here, without_timing
 from mlp import checkpoint, data
 from mlp.checkpoint import load_model
 from mlp.evaluate import Views
@@ -189,10 +189,10 @@ def test_a_bf16_run_resumes_and_is_reevaluated_in_its_own_precision(tmp_path):
     args = ["--preset", "sprint", "--epochs", "2", "--batch-size", "64", "--train-limit", "320", "--eval-limit",
             "128", "--quiet", "--precision", "bf16"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert run_train(*args, "--out", str(straight)).returncode == 0
+    assert train_here(*args, "--out", str(straight)).returncode == 0
     r = run_train(*args, "--out", str(killed), env={**os.environ, "MLP_FAILPOINT": "before-rename:last.pt:2"})
     assert r.returncode == -signal.SIGKILL and checkpoint.load(killed / "last.pt")["epoch"] == 1
-    r = run_train("--resume", str(killed), "--quiet")
+    r = train_here("--resume", str(killed), "--quiet")
     assert r.returncode == 0, r.stderr
     assert "training on cpu in bf16: epochs 2-2" in r.stdout
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, killed))
@@ -228,11 +228,12 @@ def test_train_py_set_overrides_and_test_curve(tmp_path):
     pytest.param(["--device", "cuda"], "'cuda' was requested but is not available",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
-def test_train_py_bad_input_fails_cleanly_before_writing(tmp_path, args, message, request, capsys):
+def test_train_py_bad_input_fails_cleanly_before_writing(tmp_path, args, message, request):
     """One case as a process of its own (exit code and stderr as a shell sees them); the others in this process,
     through the same `train.main`."""
     out = tmp_path / "run"
-    code, stderr = train_cli(*args, "--out", str(out), request=request, capsys=capsys)
+    r = train_cli(*args, "--out", str(out), request=request)
+    code, stderr = r.returncode, r.stderr
     assert code != 0 and message in stderr and "Traceback" not in stderr
     assert not out.exists()
 
@@ -241,7 +242,7 @@ def test_notebook_runs_top_to_bottom_with_papermill(tmp_path):
     out = tmp_path / "nb-run"
     executed = tmp_path / "executed.ipynb"
     pm.execute_notebook(str(ROOT / "notebooks" / "fashion_mnist_mlp.ipynb"), str(executed),
-                        parameters=dict(epochs=2, batch_size=64, train_limit=3000, eval_limit=1000, out_dir=str(out)),
+                        parameters=dict(epochs=2, batch_size=64, train_limit=3000, eval_limit=500, out_dir=str(out)),
                         cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
     nb = nbformat.read(executed, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
@@ -254,7 +255,7 @@ def test_notebook_runs_top_to_bottom_with_papermill(tmp_path):
     assert not [o for o in train_cell.outputs if o.output_type == "stream" and "epoch" in o.text]
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 2 and m["train_limit"] == 3000 and 0.5 < m["test_acc"] <= 1
-    assert m["eval_limit"] == 1000 and m["val_images"] == m["test_images"] == 1000 and m["eval_views"] == 10
+    assert m["eval_limit"] == 500 and m["val_images"] == m["test_images"] == 500 and m["eval_views"] == 10
     assert (out / "model.pt").exists() and (out / "curves.png").exists()
 
 

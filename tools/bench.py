@@ -245,7 +245,7 @@ def peak_rss_mb_of_training(args) -> float:
         cmd = [sys.executable, "train.py", "--preset", "default", "--epochs", "1", "--quiet", "--out", out,
                "--device", args.device]
         if args.quick:
-            cmd += ["--train-limit", "2048", "--eval-limit", "512"]
+            cmd += ["--train-limit", "512", "--eval-limit", "128"]
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
