@@ -40,7 +40,7 @@ data: $(STAMP)
 # The whole run, kernel start to saved files, is timed into $(RUN)/wall.json.
 run: data
 	@mkdir -p $(RUN) && start=$$(date +%s) && \
-	$(PY) -m papermill --cwd notebooks notebooks/fashion_mnist_mlp.ipynb $(RUN)/fashion_mnist_mlp.ipynb \
+	$(PY) -m mlp.notebook --cwd notebooks notebooks/fashion_mnist_mlp.ipynb $(RUN)/fashion_mnist_mlp.ipynb \
 		-p out_dir $(CURDIR)/$(RUN) -p command "make run" $(ARGS) && \
 	echo "{\"notebook_wall_seconds\": $$(( $$(date +%s) - start ))}" > $(RUN)/wall.json
 	@echo "run files in $(RUN)/: fashion_mnist_mlp.ipynb metrics.json curves.png model.pt wall.json"
@@ -65,7 +65,7 @@ bench: data
 # ARGS: papermill parameters, e.g. ARGS='-p epochs_seed 1 -y "seeds: [0]"'. Resumes from results/patch_study.json.
 study: data
 	@mkdir -p $(RUN)
-	$(PY) -m papermill --cwd notebooks notebooks/patch_size_study.ipynb $(RUN)/patch_size_study.ipynb $(ARGS)
+	$(PY) -m mlp.notebook --cwd notebooks notebooks/patch_size_study.ipynb $(RUN)/patch_size_study.ipynb $(ARGS)
 	$(PY) tools/render.py
 
 seeds: data

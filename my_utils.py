@@ -11,8 +11,17 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from mlp.data import (LABELS, DataError, FastLoader, augment_batch, erase_batch, fashion_mnist_loaders,  # noqa: F401
-                      fetch_fashion_mnist, load_arrays, loaders)
+from mlp.data import (  # noqa: F401
+    LABELS,
+    DataError,
+    FastLoader,
+    augment_batch,
+    erase_batch,
+    fashion_mnist_loaders,
+    fetch_fashion_mnist,
+    load_arrays,
+    loaders,
+)
 from mlp.evaluate import Views, evaluate_accuracy, model_device, predict  # noqa: F401
 from mlp.hardware import autocast, cpu_workers, resolve_device, resolve_precision  # noqa: F401
 from mlp.hardware import describe as hardware  # noqa: F401

@@ -18,11 +18,12 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from mlp import hardware, records
-from mlp.evaluate import Views, evaluate_accuracy
+from mlp.evaluate import ONE, Views, evaluate_accuracy
 from mlp.optim import make_optimizer, make_scheduler
 from mlp.recipe import Recipe
 
 PROGRESS_POINTS, PROGRESS_SECONDS = 5, 10.0  # live curves: ~5 points an epoch, and one at least every 10 s
+# (each point the mean of the last ~1/PROGRESS_POINTS epoch of steps, across epoch boundaries)
 
 
 def seed_everything(seed: int, rank: int = 0):
@@ -116,13 +117,17 @@ class Trainer:
         self.test_curve = test_curve
         self.views = Views.of(net.cfg)  # what validation averages: the views the model config declares
         self.history, self.best_val, self.best_epoch, self.best_weights = [], -1.0, 0, None
+        self.recent = torch.zeros(0, 3, device=device)  # the last steps' (loss sum, correct, count): the window
 
     def fit_epoch(self, epoch, stop, progress=False, on_progress=None) -> dict | None:
         """Train one epoch and validate. Returns its history record, or None if `stop` was requested.
-        Sums stay on the device; `on_progress(x, loss, acc)` reads them ~5 times an epoch (live curves)."""
+        Sums stay on the device; `on_progress(x, loss, acc)` reads them ~5 times an epoch (live curves): the
+        mean over the last ~1/5 epoch of steps, a window that runs on across epoch boundaries (no step where an
+        epoch's running mean would restart)."""
         self.net.train()
         start, sums = time.perf_counter(), torch.zeros(3, device=self.device)  # loss sum, correct, count
         n, lr, points, last = len(self.train_iter), self.opt.param_groups[0]["lr"], [], time.monotonic()
+        steps, width = torch.zeros(n, 3, device=self.device), max(1, round(n / PROGRESS_POINTS))
         batches = tqdm(self.train_iter, desc=f"epoch {epoch}/{self.recipe.epochs}", leave=False, disable=not progress)
         for i, (X, y) in enumerate(batches):
             X, y = X.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -137,24 +142,26 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.net)
             with torch.no_grad():  # no host sync: the sums stay on the device (no tensor is made from the host)
-                sums[0] += loss.detach().float() * len(y)
-                sums[1] += (y_hat.argmax(1) == y).sum()
-                sums[2] += len(y)
+                steps[i, 0] = loss.detach().float() * len(y)
+                steps[i, 1] = (y_hat.argmax(1) == y).sum()
+                steps[i, 2] = len(y)
+                sums += steps[i]
             if stop.requested:
                 return None
             due = (i + 1) * PROGRESS_POINTS // n > i * PROGRESS_POINTS // n or time.monotonic() - last > PROGRESS_SECONDS
             if on_progress is not None and self.world == 1 and due and i + 1 < n:  # (DDP: epoch ends only)
-                s = self._reduced(sums)
-                points.append((epoch - 1 + (i + 1) / n, s[0] / s[2], s[1] / s[2]))
+                points.append((epoch - 1 + (i + 1) / n, *self._window(steps[:i + 1], width)))
                 on_progress(*points[-1])
                 last = time.monotonic()
         loss_sum, correct, count = self._reduced(sums)
+        end = self._window(steps, width)
+        self.recent = torch.cat([self.recent, steps])[-width:]
         records.failpoint_delay(dist.get_rank() if self.world > 1 else 0)  # tests: one rank made slower
         seconds = self._slowest(time.perf_counter() - start)
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"epoch {epoch}: the training loss is {loss_sum}; the learning rate "
                                      f"(lr={self.recipe.lr}) is probably too high. The last good checkpoint is kept.")
-        points.append((float(epoch), loss_sum / count, correct / count))
+        points.append((float(epoch), *end))
         r = dict(epoch=epoch, train_loss=loss_sum / count, train_acc=correct / count, val_acc=None,
                  seconds=seconds, eval_seconds=0.0, lr=lr, images=int(count), points=points)  # training only
         if self.test_curve:  # learning curves only: nothing is chosen on it
@@ -162,7 +169,24 @@ class Trainer:
         self.history.append(r)
         if epoch % self.recipe.val_every == 0 or epoch == self.recipe.epochs:
             self.validate(r)
+        self.validate_one_view(r)
         return r
+
+    def _window(self, steps, width: int) -> tuple[float, float]:
+        """(loss, accuracy) over the last `width` steps, reaching back into the previous epoch's."""
+        s = self._reduced(torch.cat([self.recent, steps])[-width:].sum(0))
+        return s[0] / s[2], s[1] / s[2]
+
+    def validate_one_view(self, r: dict):
+        """Every epoch, the validation accuracy of one view per image (cheap: the live curve's point). Where the
+        model declares more views, those are what `validate` measures for model selection."""
+        if self.views == ONE and r["val_acc"] is not None:
+            r["val_acc_1view"] = r["val_acc"]
+            return
+        start = time.perf_counter()
+        r["val_acc_1view"] = evaluate_accuracy(self.evaluated, self.val_iter, self.device, self.precision) \
+            if self.val_iter is not None and self.val_iter.num_examples else float("nan")
+        r["eval_seconds"] += time.perf_counter() - start
 
     def validate(self, r: dict):
         """Validate the weights of the epoch just trained (its record `r`), timed apart from training; keep
@@ -170,7 +194,7 @@ class Trainer:
         start = time.perf_counter()
         r["val_acc"] = evaluate_accuracy(self.evaluated, self.val_iter, self.device, self.precision, self.views) \
             if self.val_iter is not None and self.val_iter.num_examples else float("nan")
-        r["eval_seconds"] = time.perf_counter() - start
+        r["eval_seconds"] += time.perf_counter() - start
         if r["val_acc"] > self.best_val:
             self.best_val, self.best_epoch = r["val_acc"], r["epoch"]
             self.best_weights = {k: v.detach().clone() for k, v in self.evaluated.state_dict().items()}
@@ -193,7 +217,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return dict(weights=self.net.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
                     scaler=self.scaler.state_dict(), history=self.history, best_val_acc=self.best_val,
-                    rng=rng_state(self.train_iter, self.device), epoch=len(self.history),
+                    rng=rng_state(self.train_iter, self.device), epoch=len(self.history), recent=self.recent.cpu(),
                     ema=dict(weights=self.ema.module.state_dict(), n=int(self.ema.n_averaged)) if self.ema else None)
 
     def load_state_dict(self, state: dict, best_weights=None):
@@ -210,6 +234,7 @@ class Trainer:
             self.ema.n_averaged.fill_(state["ema"]["n"])
         set_rng_state(state["rng"], self.train_iter, self.device, dist.get_rank() if self.world > 1 else 0)
         self.history, self.best_val = list(state["history"]), state["best_val_acc"]
+        self.recent = state.get("recent", torch.zeros(0, 3)).to(self.device)  # (older checkpoints: none)
         self.best_epoch = next((r["epoch"] for r in self.history if r["val_acc"] == self.best_val), 0)
         self.best_weights = best_weights
 

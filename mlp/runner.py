@@ -232,13 +232,14 @@ class RunHooks:
         self.max_seconds, self.until = max_seconds, until
 
     def progress(self, x, loss, acc):
-        self.animator.add(x, (loss, acc, None))
+        self.animator.add(x, (loss, acc))
 
     def after_epoch(self, trainer: Trainer):
         if self.saver:
             self.saver(trainer)
         if self.animator:
-            self.animator.add(trainer.history[-1]["epoch"], (None, None, trainer.history[-1]["val_acc"]))
+            r = trainer.history[-1]
+            self.animator.add(r["epoch"], (None, None, *plots.validation_points(r))[:len(self.animator.legend)])
 
     def over_budget(self) -> bool:
         return self.max_seconds is not None and sum(h["seconds"] for h in self.trainer.history) >= self.max_seconds
@@ -274,7 +275,10 @@ def run(model: ModelConfig | None, recipe: Recipe | None, cfg: RunConfig | None 
         net = given_net(net, model) if net is not None else build(model, cfg.seed)  # the same on every rank
         if rank:
             seed_everything(cfg.seed, rank)  # its own dropout and stochastic depth from here on
-        animator = (animator or plots.training_animator(recipe.epochs)) if cfg.live and rank == 0 else None
+        if cfg.live and rank == 0:
+            animator = animator or plots.training_animator(recipe.epochs, model.views)
+        else:
+            animator = None
         say = quiet if rank else log or (animator.log if animator else print)
         say(introduction(begin, net, loaders[0].num_examples, world))
         trainer = Trainer(net, recipe, loaders, dev, prec, compile=cfg.compile, test_curve=cfg.test_curve)
@@ -353,7 +357,7 @@ def save_run(out_dir, net, model, recipe, history, test_acc, *, preset, seed, de
                    git_commit=records.git_commit(), **(extra or {}))
     checkpoint.save(out / "model.pt", {"model": model.to_dict(), "preset": preset, "state_dict": net.state_dict()})
     if animator is None:
-        animator = plots.training_animator(len(history))
+        animator = plots.training_animator(len(history), model.views)
         plots.draw_history(animator, history)
     animator.save(out / "curves.png")
     records.atomic_write(out / "metrics.json", json.dumps(metrics, indent=2))

@@ -85,6 +85,22 @@ def gpu_dry_run(tmp_path_factory):
     return out, r
 
 
+def check_live_curves(metrics: dict):
+    """What the notebook's curves show, read from the run's record (curves.png is drawn from it): a validation
+    point every epoch; several training points inside every epoch; and no step at an epoch boundary larger than
+    the curve's own steps within epochs (a running mean restarting each epoch made a cliff there)."""
+    history = metrics["history"]
+    assert all(r["val_acc_1view"] is not None for r in history), "a validation point every epoch"
+    points = [p for r in history for p in r["points"]]
+    for r in history:
+        assert sum(r["epoch"] - 1 < x < r["epoch"] for x, _, _ in r["points"]) >= 2, "training points inside each epoch"
+    for i in (1, 2):  # loss, accuracy
+        steps = [(a[0], abs(b[i] - a[i])) for a, b in zip(points, points[1:])]
+        across = [s for x, s in steps if x == int(x) and x >= 1]  # from an epoch's last point to the next epoch's first
+        within = [s for x, s in steps if x != int(x) and x >= 1]
+        assert across and within and max(across) <= 1.5 * max(within), (i, across, within)
+
+
 def finished_run(tmp_path_factory, *args):
     out = tmp_path_factory.mktemp("straight")
     r = train_here(*args, "--out", str(out))

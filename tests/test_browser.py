@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, check_live_curves
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 KERNEL_READY = """() => { const w = window.jupyterapp.shell.currentWidget;
@@ -143,4 +143,6 @@ def test_notebook_in_jupyterlab_shows_live_curves_widgets_and_the_venv_kernel(la
     assert f"kernel: {ROOT / '.venv' / 'bin' / 'python'}" in body, "the kernel is the project's venv"
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["epochs"] == PARAMS["epochs"] and m["train_limit"] == PARAMS["train_limit"]
+    check_live_curves(m)
+    assert "warn" not in text.lower(), "no warning the user did not cause under the training cell"
     assert all(s.stat().st_size > 10_000 for s in shots)

@@ -3,9 +3,9 @@ its JSON renders into the results table."""
 import json
 
 import nbformat
-import papermill as pm
 
 from conftest import ROOT
+from mlp import notebook
 from tools import render
 
 TINY = dict(presets=["seed", "quick"], patches=[2, 4, 7], seeds=[0, 1], epochs_seed=1, epochs_quick=1,
@@ -15,7 +15,7 @@ TINY = dict(presets=["seed", "quick"], patches=[2, 4, 7], seeds=[0, 1], epochs_s
 def run_study(tmp_path, name):
     params = dict(TINY, out_json=str(tmp_path / "patch_study.json"), out_png=str(tmp_path / "patch_study.png"))
     executed = tmp_path / f"{name}.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / "patch_size_study.ipynb"), str(executed), parameters=params,
+    notebook.execute(str(ROOT / "notebooks" / "patch_size_study.ipynb"), str(executed), parameters=params,
                         cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
     nb = nbformat.read(executed, as_version=4)
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
