@@ -88,7 +88,8 @@ def gpu_dry_run(tmp_path_factory):
 def check_live_curves(metrics: dict):
     """What the notebook's curves show, read from the run's record (curves.png is drawn from it): a validation
     point every epoch; several training points inside every epoch; and no step at an epoch boundary larger than
-    the curve's own steps within epochs (a running mean restarting each epoch made a cliff there)."""
+    the curve's own noise, taken as its largest step within an epoch after the first: at most 3 times that (a
+    running mean restarting each epoch drew a cliff ten times as large)."""
     history = metrics["history"]
     assert all(r["val_acc_1view"] is not None for r in history), "a validation point every epoch"
     points = [p for r in history for p in r["points"]]
@@ -98,7 +99,7 @@ def check_live_curves(metrics: dict):
         steps = [(a[0], abs(b[i] - a[i])) for a, b in zip(points, points[1:])]
         across = [s for x, s in steps if x == int(x) and x >= 1]  # from an epoch's last point to the next epoch's first
         within = [s for x, s in steps if x != int(x) and x >= 1]
-        assert across and within and max(across) <= 1.5 * max(within), (i, across, within)
+        assert across and within and max(across) <= 3 * max(within), (i, across, within)
 
 
 def finished_run(tmp_path_factory, *args):
