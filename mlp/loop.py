@@ -22,8 +22,10 @@ from mlp.evaluate import ONE, Views, evaluate_accuracy
 from mlp.optim import make_optimizer, make_scheduler
 from mlp.recipe import Recipe
 
-PROGRESS_POINTS, PROGRESS_SECONDS = 5, 10.0  # live curves: ~5 points an epoch, and one at least every 10 s
-# (each point the mean of the last ~1/PROGRESS_POINTS epoch of steps, across epoch boundaries)
+# Live curves: ~5 points an epoch, the run's first within 10 s and then one at least every 30 s (each point the
+# mean of the last ~1/PROGRESS_POINTS epoch of steps, across epoch boundaries). Each redraw renders a PNG
+# (~0.25 s on the development CPU) inside the training time: no more of them than the curve needs.
+PROGRESS_POINTS, FIRST_POINT_SECONDS, PROGRESS_SECONDS = 5, 10.0, 30.0
 
 
 def seed_everything(seed: int, rank: int = 0):
@@ -148,7 +150,8 @@ class Trainer:
                 sums += steps[i]
             if stop.requested:
                 return None
-            due = (i + 1) * PROGRESS_POINTS // n > i * PROGRESS_POINTS // n or time.monotonic() - last > PROGRESS_SECONDS
+            wait = FIRST_POINT_SECONDS if not (points or self.history) else PROGRESS_SECONDS
+            due = (i + 1) * PROGRESS_POINTS // n > i * PROGRESS_POINTS // n or time.monotonic() - last > wait
             if on_progress is not None and self.world == 1 and due and i + 1 < n:  # (DDP: epoch ends only)
                 points.append((epoch - 1 + (i + 1) / n, *self._window(steps[:i + 1], width)))
                 on_progress(*points[-1])

@@ -16,16 +16,18 @@ def _adamw(params, recipe: Recipe):
 
 
 def orthogonalise(g: torch.Tensor, coefficients, steps: int, eps: float, dtype: torch.dtype) -> torch.Tensor:
-    """Muon's quintic Newton-Schulz iteration: takes the singular values of `g` to about 1 (0.5-1.5), in `dtype`."""
+    """Muon's quintic Newton-Schulz iteration: takes the singular values of `g` to about 1 (0.5-1.5), in `dtype`.
+    `g` is one matrix, or a stack of matrices of one shape ([n, rows, cols]: one call for many small ones)."""
     a, b, c = coefficients
     x = g.to(dtype)
-    tall = g.size(0) > g.size(1)
-    x = x.T if tall else x
-    x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
+    tall = g.size(-2) > g.size(-1)
+    x = x.mT if tall else x
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= 1
+    mm = torch.addmm if x.dim() == 2 else torch.baddbmm
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
+        gram = x @ x.mT
+        x = mm(x, mm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
 
 
 class Muon(torch.optim.Muon):
@@ -41,13 +43,24 @@ class Muon(torch.optim.Muon):
     def step(self, closure=None):
         for group in self.param_groups:
             assert group["nesterov"] and group["adjust_lr_fn"] == "match_rms_adamw", "the variant MuonAdamW asks for"
-            for p in (p for p in group["params"] if p.grad is not None):
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = orthogonalise(p.grad.lerp(buf, group["momentum"]), group["ns_coefficients"],
-                                       group["ns_steps"], group["eps"], self.ns_dtype)
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"] * 0.2 * math.sqrt(max(p.shape[:2])))  # AdamW's RMS
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad)) for p in params]
+            torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
+            nesterov = torch._foreach_lerp(grads, bufs, group["momentum"])
+            # Matrices of one shape are orthogonalised together (a Mixer's blocks repeat theirs): one batched
+            # iteration instead of one per matrix, each matrix's result the same.
+            by_shape = {}
+            for i, p in enumerate(params):
+                by_shape.setdefault(tuple(p.shape), []).append(i)
+            torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+            for shape, idx in by_shape.items():
+                updates = orthogonalise(torch.stack([nesterov[i] for i in idx]), group["ns_coefficients"],
+                                        group["ns_steps"], group["eps"], self.ns_dtype)
+                torch._foreach_add_([params[i] for i in idx], list(updates.unbind()),
+                                    alpha=-group["lr"] * 0.2 * math.sqrt(max(shape[:2])))  # AdamW's RMS
 
 
 class MuonAdamW(torch.optim.Optimizer):

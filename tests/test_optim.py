@@ -101,7 +101,7 @@ def test_our_muon_in_bf16_is_torchs_muon_bit_for_bit():
     """recipe.Muon exists only to choose the Newton-Schulz dtype; in bf16 it is torch.optim.Muon exactly (wide,
     tall and square matrices, weight decay, momentum over steps), so runs recorded with torch's reproduce."""
     torch.manual_seed(0)
-    shapes = [(16, 64), (64, 16), (128, 128)]
+    shapes = [(16, 64), (64, 16), (128, 128), (16, 64), (64, 16), (16, 64)]  # (repeated shapes: batched)
     ours = [torch.nn.Parameter(torch.randn(*s) * 0.1) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     kw = dict(lr=0.01, weight_decay=0.05, adjust_lr_fn="match_rms_adamw")
