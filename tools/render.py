@@ -203,6 +203,47 @@ def render_presets(folder: Path, superseded: bool = False) -> str:
     return "\n".join(lines)
 
 
+DEV_CPU = "AVX2)"  # the development CPU's hardware string ends so: "AMD EPYC (2 cores, 2 threads, AVX2)"
+AVX512_RATIO = 3.2  # development-CPU seconds per AVX-512-CPU second (docs/frontier.md: two CPUs)
+# The frontier's targets (issue #30), in development-CPU seconds of training, fp32, mean over three seeds.
+TARGETS = {"sprint": ("90 % validation in ≤ 60 s, every seed", 60, None),
+           "quick": ("≥ 92.0 % test in ≤ 600 s", 600, 0.920),
+           "long": ("≥ 94.0 % test in ≤ 1,800 s", 1800, 0.940),
+           "best": ("≥ 94.5 % test (GPU)", None, 0.945)}
+
+
+def render_targets(folder: Path) -> str:
+    """Each preset against its target, from its current runs (results/runs/, superseded versions aside): on the
+    development CPU where measured there, else the AVX-512 CPU's seconds x AVX512_RATIO (an estimate)."""
+    lines = ["| preset | target | measured | seeds | hardware, precision | runs (results/runs/) | met? |",
+             "| --- | --- | --- | ---: | --- | --- | --- |"]
+    runs = [r for r in load_runs(folder) if full_data(r) and not SUPERSEDED.search(r["file"])]
+    for preset, (goal, budget, acc) in TARGETS.items():
+        mine = [r for r in runs if r["preset"] == preset and r["precision"] == "fp32" and "(GPU" not in r["hardware"]]
+        dev = [r for r in mine if r["hardware"].endswith(DEV_CPU)]
+        rs, ratio = (dev, 1.0) if dev else ([r for r in mine if "AVX-512" in r["hardware"]], AVX512_RATIO)
+        if not rs or budget is None:
+            lines.append(f"| `{preset}` | {goal} | not trained on a GPU yet | — | — | — | no |" if budget is None
+                         else f"| `{preset}` | {goal} | — | — | — | — | not measured |")
+            continue
+        scale = "" if ratio == 1 else f" (× {ratio} = development-CPU estimate)"
+        if acc is None:  # time to 90 % validation, training + validation seconds
+            times = [records.time_to_accuracy(r["history"], 0.90)[0] for r in rs]
+            worst = None if None in times else ratio * max(times)
+            measured = (f"90 % validation by {worst:.0f} s in the slowest seed{scale}" if worst is not None
+                        else f"{sum(t is None for t in times)} of {len(times)} seeds never reach 90 % validation")
+            met = worst is not None and worst <= budget
+        else:
+            (te, _), (sec, _) = (records.mean_std([r[k] for r in rs]) for k in ("test_acc", "train_seconds"))
+            slowest = ratio * max(r["train_seconds"] for r in rs)
+            measured = f"{pct(te)} test (mean) in ≤ {slowest:.0f} s{scale}"
+            met = te >= acc and slowest <= budget
+        met = met and len(rs) >= 3  # a target is met by the mean over three seeds
+        lines.append(f"| `{preset}` | {goal} | {measured} | {len(rs)} | {rs[0]['hardware']}, fp32 | "
+                     f"{', '.join(r['file'].removesuffix('.json') for r in rs)} | {'**yes**' if met else 'no'} |")
+    return "\n".join(lines)
+
+
 def render_seed_curve(folder: Path) -> str:
     """Per-epoch test (and validation) accuracy of the runs recorded with --test-curve."""
     runs = [r for r in load_runs(folder) if all("test_acc" in h for h in r["history"])]
@@ -323,7 +364,7 @@ def table(rows) -> str:
 RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": render_bench, "bench_gpu": render_bench_gpu,
              "bench_avx512": lambda folder: render_bench(folder, "bench_cpu_avx512.json"),
              "profile": render_profile, "muon_ns": render_muon_ns, "live_overhead": render_live_overhead,
-             "presets": render_presets, "presets_all": lambda folder: render_presets(folder, superseded=True),
+             "presets": render_presets, "targets": render_targets, "presets_all": lambda folder: render_presets(folder, superseded=True),
              "seed_curve": render_seed_curve, "patch_study": render_patch_study, "best_probe": render_best_probe}
 
 
