@@ -76,7 +76,8 @@ class Animator:
         for i, (xs, ys) in enumerate(zip(self.X or [], self.Y or [])):
             ax = self.axes[self.axes_of[i] if self.axes_of else 0]
             label = self.legend[i] if i < len(self.legend) else None
-            ax.plot(xs, ys, self.fmts[i % len(self.fmts)], marker="o", markersize=3, label=label)
+            ax.plot(xs, ys, self.fmts[i % len(self.fmts)], marker="o", markersize=3 if len(xs) > 3 else 6,
+                    label=label)  # (a series of a few points, e.g. validated epochs only: larger markers)
         for j, ax in enumerate(self.axes):
             if ax.get_legend_handles_labels()[0]:
                 ax.legend()
@@ -118,7 +119,7 @@ def training_animator(epochs, views: int = 1):
     where the model is evaluated on several views, the validation accuracy of those (what selects the epoch) at
     the validated epochs. The y ranges fit what happens after the first epoch."""
     legend = ["train loss", "train acc", "val acc (1 view)"] + ([f"val acc ({views} views)"] if views > 1 else [])
-    return Animator(xlabel="epoch", ylabel=["loss", "accuracy"], legend=legend, xlim=[0, epochs], ncols=2,
+    return Animator(xlabel="epoch", ylabel=["loss", "accuracy"], legend=legend, xlim=[0, epochs * 1.04], ncols=2,
                     figsize=(8, 3), axes_of=[0, 1, 1, 1][:len(legend)], zoom_from=1.0)
 
 

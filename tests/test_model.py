@@ -175,8 +175,8 @@ def test_config_overrides_are_type_checked():
         get_preset("default", blocks=[{"tokens": [16, 64, 16]}])
 
 
-@pytest.mark.parametrize("preset, record", [("quick", "runs/readme-cpu.json"),
-                                            ("sprint", "runs/sprint-cpu-seed0.json"),
+@pytest.mark.parametrize("preset, record", [("quick", "runs/quick-avx2-seed0.json"),
+                                            ("sprint", "runs/sprint-avx2-seed0.json"),
                                             ("long", "runs/long-cpu-seed0.json")])
 def test_presets_are_exactly_the_measured_trials_readme_reports(preset, record):
     model, recipe = get_preset(preset)
