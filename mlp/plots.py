@@ -22,8 +22,8 @@ class Animator:
     The d2l constructor, plus `axes_of`: for each series (legend entry), the subplot it is drawn on, and
     `ylabel` may be one label per subplot; `zoom_from`: each subplot's y range fits the points at x >= it (all
     points until there are such), so the first epoch's fall does not flatten the rest. Every point has a
-    marker, so a series of one point is visible. Outside Jupyter nothing is shown and `log` prints;
-    `save(path)` writes a PNG."""
+    marker, so a series of one point is visible. Outside Jupyter nothing is shown (nor drawn, until saved) and
+    `log` prints; `save(path)` writes a PNG."""
 
     def __init__(self, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None, xscale="linear",
                  yscale="linear", fmts=("-", "m--", "g-.", "r:"), nrows=1, ncols=1, figsize=(3.5, 2.5),
@@ -42,7 +42,7 @@ class Animator:
         for ax, style in zip(self.axes, self.style):
             ax.set(**{k: v for k, v in style.items() if v is not None})
         self.fig.tight_layout()
-        self.X, self.Y, self.lines, self.handle, self.text = None, None, [], None, None
+        self.X, self.Y, self.lines, self.handle, self.text, self.stale = None, None, [], None, None, False
 
     def add(self, x, y):
         if not hasattr(y, "__len__"):
@@ -57,7 +57,10 @@ class Animator:
             if a is not None and b is not None:
                 self.X[i].append(a)
                 self.Y[i].append(b)
-        self.draw()
+        if _in_jupyter():
+            self.draw()
+        else:  # nobody is watching: drawn once, when saved
+            self.stale = True
 
     def log(self, line: str):
         """One line of the run's log: under the figure in Jupyter (one output, updated), printed elsewhere."""
@@ -69,6 +72,7 @@ class Animator:
         self.text.update({"text/plain": "\n".join(self.lines)}, raw=True)
 
     def draw(self):
+        self.stale = False
         for ax, style in zip(self.axes, self.style):
             ax.cla()
             ax.set(**{k: v for k, v in style.items() if v is not None})
@@ -105,6 +109,8 @@ class Animator:
             self.handle.update(img)
 
     def png(self) -> bytes:
+        if self.stale:
+            self.draw()
         buf = io.BytesIO()
         self.fig.savefig(buf, format="png", dpi=100)
         return buf.getvalue()

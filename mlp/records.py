@@ -1,7 +1,6 @@
 """Run records without torch: atomic writes, the git commit, mean ± std, time to 90 %, the patch-study table.
 
-render.py (beside it) imports only this module, so rendering the README needs no torch; the training code
-imports it as `results.records`.
+tools/render.py imports only this module of the library, so rendering the pages needs no torch.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 KERNEL_READY = """() => { const w = window.jupyterapp.shell.currentWidget;
     const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
     return !!k && k.connectionStatus === 'connected' && k.status === 'idle'; }"""
-PARAMS = dict(epochs=3, batch_size=64, train_limit=6000, eval_limit=1000, precision="fp32")
+PARAMS = dict(epochs=2, batch_size=64, train_limit=6000, eval_limit=500, precision="fp32")
 
 
 def need(ok: bool, how: str):

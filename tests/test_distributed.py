@@ -55,7 +55,7 @@ def test_a_time_budget_is_one_decision_for_every_rank(tmp_path):
     """Rank 1 is made 5 s slower in its first epoch (after the epoch's last collective): its clock passes the
     3 s budget, rank 0's does not. Both must stop after that epoch: an epoch lasts as long as its slowest rank."""
     out = tmp_path / "budget"
-    r = torchrun(*ARGS, "--train-limit", "640", "--max-seconds", "3", "--out", str(out),
+    r = torchrun(*ARGS, "--train-limit", "640", "--eval-limit", "200", "--max-seconds", "3", "--out", str(out),
                  env={"MLP_FAILPOINT": "slow-epoch:rank1:5"}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
@@ -64,7 +64,8 @@ def test_a_time_budget_is_one_decision_for_every_rank(tmp_path):
 
 def test_a_checkpoint_write_error_on_rank_0_ends_every_rank_with_its_one_line(tmp_path):
     out = tmp_path / "full"
-    r = torchrun(*ARGS, "--out", str(out), env={"MLP_FAILPOINT": "enospc:last.pt:2"}, timeout=300)
+    r = torchrun(*ARGS, "--train-limit", "640", "--eval-limit", "200", "--out", str(out),
+                 env={"MLP_FAILPOINT": "enospc:last.pt:2"}, timeout=300)
     assert r.returncode != 0 and 'train.py", line' not in r.stderr, "no traceback of ours (torchrun prints its own)"
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "No space left on device" in errors[0], r.stderr[-3000:]

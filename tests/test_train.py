@@ -148,10 +148,10 @@ def test_animator_plots_series_on_their_axes_and_saves_png(tmp_path):
     for epoch in (1, 2, 3):
         an.add(epoch, (1.0 / epoch, 0.5 + 0.1 * epoch, 0.45 + 0.1 * epoch))
     assert an.X[0] == [1, 2, 3] and an.Y[2] == pytest.approx([0.55, 0.65, 0.75])
+    an.save(tmp_path / "c.png")  # (outside Jupyter the figure is drawn when saved)
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [len(ax.lines) for ax in an.axes] == [1, 2], "loss left, accuracies right"
     assert an.axes[1].get_ylabel() == "accuracy" and an.axes[0].get_ylabel() == "loss"
-    an.save(tmp_path / "c.png")
-    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     d2l = mu.Animator(xlabel="epoch", legend=["a"], xlim=[1, 5])  # the plain d2l form
     d2l.add(1, 0.5)
     assert d2l.axes[0].get_xlim() == (1.0, 5.0)

@@ -11,7 +11,7 @@
 
 Parts 1-3 run at once as separate processes on the one GPU (a run of these small networks cannot fill
 it), each capped by --cap seconds of training (a capped run says so: `capped: true`, and is not the full
-recipe); the benchmark runs last, alone, so that its timings are not shared. Before anything trains, a probe
+recipe); the benchmark runs last, alone, so that its timings are not shared (in the dry run, which times nothing, beside them). Before anything trains, a probe
 times 30 steps of each network and OUT/plan.json records the estimate against the caps. Whatever finishes is
 kept. Copy OUT/* into results/ and run `python tools/render.py` to put the numbers into README.
 """
@@ -40,7 +40,7 @@ def probe_ms_per_step(preset, device, precision, steps=30, warmup=10) -> float:
     dev = hardware.resolve_device(device)
     model, recipe = get_preset(preset, epochs=1, val_size=0)
     times = []
-    for n in (warmup, steps):
+    for n in (warmup, steps) if warmup else (steps,):
         loaders = data.loaders(recipe, device=dev, train_limit=n * recipe.batch_size)
         h = fit(Trainer(MLPNet(model), recipe, loaders, dev, hardware.resolve_precision(dev, precision)),
                 log=lambda s: None, progress=False)
@@ -55,7 +55,7 @@ def plan(args, parts) -> dict:
     for preset in ("best", "seed", "quick"):
         _, r = get_preset(preset)
         steps[preset] = (r.epochs if not args.dry_run else 1, -(-(60000 - r.val_size) // r.batch_size))
-    probe = dict(steps=2, warmup=1) if args.dry_run else {}  # the dry run checks the path, not the timing
+    probe = dict(steps=1, warmup=0) if args.dry_run else {}  # the dry run checks the path, not the timing
     ms = {p: probe_ms_per_step(p, args.device, args.precision, **probe) for p in steps}
     est = {p: ms[p] * e * n / 1000 for p, (e, n) in steps.items()}
     out = dict(ms_per_step=ms, full_recipe_training_s=est, cap_s=args.cap, parts=list(parts),
@@ -101,10 +101,17 @@ def main(argv=None) -> int:
             str(out / "patch_study.png"), "python tools/gpu_results.py (patch study)", args.cap)
         jobs["study"] = ([sys.executable, "-c", code], None)
     plan_record = plan(args, jobs)
+    # The benchmark times the device alone, after the other parts; the dry run times nothing (tiny sizes on
+    # the CPU) and runs it beside them.
+    bench = None if "bench" in args.skip else (
+        [sys.executable, "tools/bench.py", "--device", args.device, "--precision", args.precision,
+         "--out", str(out / "bench_gpu.json")] + (["--quick"] if args.dry_run else ["--acc-epochs", "2"]))
+    beside = {"bench": (bench, None)} if bench and args.dry_run else {}
     # The parts share the machine's cores: one thread pool each of its share, not one each of all of them.
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // max(1, len(jobs)))))
-    procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(out / f"{name}.log", "w"),
-                                    stderr=subprocess.STDOUT) for name, (cmd, _) in jobs.items()}
+    procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env if name in jobs else None,
+                                    stdout=open(out / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+             for name, (cmd, _) in {**jobs, **beside}.items()}
     status = {name: p.wait() for name, p in procs.items()}
     for name, (_, keep) in jobs.items():
         metrics = out / "work" / (keep or "") / "metrics.json"
@@ -112,10 +119,8 @@ def main(argv=None) -> int:
             m = json.loads(metrics.read_text())
             m["command"] = f"python tools/gpu_results.py ({m['command']})"
             records.atomic_write(out / "runs" / f"{keep}.json", json.dumps(m, indent=2))
-    if "bench" not in args.skip:
-        cmd = [sys.executable, "tools/bench.py", "--device", args.device, "--precision", args.precision,
-               "--out", str(out / "bench_gpu.json")] + (["--quick"] if args.dry_run else ["--acc-epochs", "2"])
-        status["bench"] = subprocess.run(cmd, cwd=ROOT, stdout=open(out / "bench.log", "w"),
+    if bench and not beside:
+        status["bench"] = subprocess.run(bench, cwd=ROOT, stdout=open(out / "bench.log", "w"),
                                          stderr=subprocess.STDOUT).returncode
     shutil.rmtree(out / "work", ignore_errors=True)  # checkpoints: not results
     summary = dict(plan=plan_record, exit_codes=status, wall_seconds=time.time() - started,
