@@ -1,4 +1,5 @@
 import contextlib
+import importlib
 import io
 import os
 import subprocess
@@ -43,17 +44,23 @@ def train_here(*args) -> subprocess.CompletedProcess:
     """train.py's command line in this process (`train.main`), answered as `train_py` answers: for runs whose
     process boundary is not what a test checks (a refusal, a run to compare with, a resume after a kill),
     where a new process would spend ~7 s importing torch. Deterministic on a CPU, as a process is."""
-    import train
+    return main_here("train", *args)
+
+
+def main_here(script: str, *args) -> subprocess.CompletedProcess:
+    """`python SCRIPT.py ARGS` as `SCRIPT.main(ARGS)` in this process: its exit code (main's int, or SystemExit's),
+    stdout and stderr."""
+    main = importlib.import_module(script).main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            train.main(list(args))
-            code = 0
+            result = main(list(args))
+            code = result if isinstance(result, int) else 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
             if isinstance(e.code, str):
                 print(e.code, file=sys.stderr)
-    return subprocess.CompletedProcess(["train.py", *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess([f"{script}.py", *args], code, out.getvalue(), err.getvalue())
 
 
 def start_train_py(*args):

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, finished_run, start_train_py, train_here, train_py, wait_for, without_timing
 from mlp import checkpoint
 
-SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--eval-limit", "500", "--quiet",
+SMALL = ["--preset", "default", "--batch-size", "64", "--train-limit", "1500", "--eval-limit", "200", "--quiet",
          "--device", "cpu", "--precision", "fp32"]
 train, start = train_py, start_train_py
 

@@ -245,7 +245,7 @@ def peak_rss_mb_of_training(args) -> float:
         cmd = [sys.executable, "train.py", "--preset", "default", "--epochs", "1", "--quiet", "--out", out,
                "--device", args.device]
         if args.quick:
-            cmd += ["--train-limit", "512", "--eval-limit", "128"]
+            cmd += ["--train-limit", "256", "--eval-limit", "64"]
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
@@ -295,7 +295,7 @@ def main(argv=None):
         return prof
     batches, warmup = (4, 2) if args.quick else (60, 5)
     # seed: whole epochs of both loops, so that their accuracies can be compared; default: img/s only
-    plans = {"seed": dict(epochs=1 if args.quick else args.acc_epochs, train_limit=1024 if args.quick else None),
+    plans = {"seed": dict(epochs=1 if args.quick else args.acc_epochs, train_limit=512 if args.quick else None),
              "default": dict(batches=batches, warmup=warmup)}
     rows = {}
     for preset, plan in plans.items():
