@@ -164,19 +164,19 @@ def run_train(*args, **kw):
 def test_train_py_writes_metrics_model_and_curves(tmp_path):
     out = tmp_path / "run"
     r = run_train("--preset", "default", "--epochs", "1", "--batch-size", "64", "--train-limit", "4000",
-                  "--eval-limit", "1000", "--out", str(out), "--quiet", "--precision", "fp32")
+                  "--eval-limit", "500", "--out", str(out), "--quiet", "--precision", "fp32")
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     for key in ("preset", "model", "recipe", "params", "device", "epochs", "history", "val_acc", "test_acc", "train_seconds"):
         assert key in m
     assert m["preset"] == "default" and m["params"] == count_params(MLPNet(get_preset("default")[0]))
     assert m["epochs"] == 1 and m["train_limit"] == 4000 and m["precision"] == "fp32"
-    assert m["eval_limit"] == 1000 and m["val_images"] == m["test_images"] == 1000 and m["eval_views"] == 10
+    assert m["eval_limit"] == 500 and m["val_images"] == m["test_images"] == 500 and m["eval_views"] == 10
     assert set(m["history"][0]) >= {"epoch", "train_loss", "train_acc", "val_acc", "seconds"}
     assert 0.5 < m["test_acc"] <= 1  # 63 steps; chance is 0.1
     net = load_model(out / "model.pt")  # torch.load(..., weights_only=True) of model config + weights
     assert set(torch.load(out / "model.pt", weights_only=True)) == {"format", "model", "preset", "state_dict"}
-    _, _, te = mu.fashion_mnist_loaders(1000, eval_limit=1000)
+    _, _, te = mu.fashion_mnist_loaders(500, eval_limit=500)
     assert mu.evaluate_accuracy(net, te, precision=m["precision"], views=Views.of(net.cfg)) == m["test_acc"]
     assert (out / "curves.png").stat().st_size > 1000
 

@@ -11,7 +11,7 @@
 
 Parts 1-3 run at once as separate processes on the one GPU (a run of these small networks cannot fill
 it), each capped by --cap seconds of training (a capped run says so: `capped: true`, and is not the full
-recipe); the benchmark runs last, alone, so that its timings are not shared (in the dry run, which times nothing, beside them). Before anything trains, a probe
+recipe); the benchmark runs last, alone, so that its timings are not shared (the dry run, which times nothing, starts it first). Before anything trains, a probe
 times 30 steps of each network and OUT/plan.json records the estimate against the caps. Whatever finishes is
 kept. Copy OUT/* into results/ and run `python tools/render.py` to put the numbers into README.
 """
@@ -100,18 +100,18 @@ def main(argv=None) -> int:
             json.dumps(params), args.device, args.precision, str(out / "patch_study.json"),
             str(out / "patch_study.png"), "python tools/gpu_results.py (patch study)", args.cap)
         jobs["study"] = ([sys.executable, "-c", code], None)
-    plan_record = plan(args, jobs)
     # The benchmark times the device alone, after the other parts; the dry run times nothing (tiny sizes on
-    # the CPU) and runs it beside them.
+    # the CPU) and starts it first, beside the probe and the parts.
     bench = None if "bench" in args.skip else (
         [sys.executable, "tools/bench.py", "--device", args.device, "--precision", args.precision,
          "--out", str(out / "bench_gpu.json")] + (["--quick"] if args.dry_run else ["--acc-epochs", "2"]))
-    beside = {"bench": (bench, None)} if bench and args.dry_run else {}
+    procs = {"bench": subprocess.Popen(bench, cwd=ROOT, stdout=open(out / "bench.log", "w"), stderr=subprocess.STDOUT)
+             } if bench and args.dry_run else {}
+    plan_record = plan(args, jobs)
     # The parts share the machine's cores: one thread pool each of its share, not one each of all of them.
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // max(1, len(jobs)))))
-    procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env if name in jobs else None,
-                                    stdout=open(out / f"{name}.log", "w"), stderr=subprocess.STDOUT)
-             for name, (cmd, _) in {**jobs, **beside}.items()}
+    procs.update({name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(out / f"{name}.log", "w"),
+                                         stderr=subprocess.STDOUT) for name, (cmd, _) in jobs.items()})
     status = {name: p.wait() for name, p in procs.items()}
     for name, (_, keep) in jobs.items():
         metrics = out / "work" / (keep or "") / "metrics.json"
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
             m = json.loads(metrics.read_text())
             m["command"] = f"python tools/gpu_results.py ({m['command']})"
             records.atomic_write(out / "runs" / f"{keep}.json", json.dumps(m, indent=2))
-    if bench and not beside:
+    if bench and not args.dry_run:
         status["bench"] = subprocess.run(bench, cwd=ROOT, stdout=open(out / "bench.log", "w"),
                                          stderr=subprocess.STDOUT).returncode
     shutil.rmtree(out / "work", ignore_errors=True)  # checkpoints: not results
