@@ -180,24 +180,25 @@ class Trainer:
         s = self._reduced(torch.cat([self.recent, steps])[-width:].sum(0))
         return s[0] / s[2], s[1] / s[2]
 
+    def _val_accuracy(self, r: dict, views: Views) -> float:
+        """The validation accuracy of the current weights on `views`, its seconds added to the epoch record's
+        evaluation time (apart from training)."""
+        start = time.perf_counter()
+        acc = evaluate_accuracy(self.evaluated, self.val_iter, self.device, self.precision, views) \
+            if self.val_iter is not None and self.val_iter.num_examples else float("nan")
+        r["eval_seconds"] += time.perf_counter() - start
+        return acc
+
     def validate_one_view(self, r: dict):
         """Every epoch, the validation accuracy of one view per image (cheap: the live curve's point). Where the
         model declares more views, those are what `validate` measures for model selection."""
-        if self.views == ONE and r["val_acc"] is not None:
-            r["val_acc_1view"] = r["val_acc"]
-            return
-        start = time.perf_counter()
-        r["val_acc_1view"] = evaluate_accuracy(self.evaluated, self.val_iter, self.device, self.precision) \
-            if self.val_iter is not None and self.val_iter.num_examples else float("nan")
-        r["eval_seconds"] += time.perf_counter() - start
+        one_already = self.views == ONE and r["val_acc"] is not None
+        r["val_acc_1view"] = r["val_acc"] if one_already else self._val_accuracy(r, ONE)
 
     def validate(self, r: dict):
         """Validate the weights of the epoch just trained (its record `r`), timed apart from training; keep
         them if they are the best so far."""
-        start = time.perf_counter()
-        r["val_acc"] = evaluate_accuracy(self.evaluated, self.val_iter, self.device, self.precision, self.views) \
-            if self.val_iter is not None and self.val_iter.num_examples else float("nan")
-        r["eval_seconds"] += time.perf_counter() - start
+        r["val_acc"] = self._val_accuracy(r, self.views)
         if r["val_acc"] > self.best_val:
             self.best_val, self.best_epoch = r["val_acc"], r["epoch"]
             self.best_weights = {k: v.detach().clone() for k, v in self.evaluated.state_dict().items()}

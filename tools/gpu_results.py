@@ -11,9 +11,9 @@
 
 Parts 1-3 run at once as separate processes on the one GPU (a run of these small networks cannot fill
 it), each capped by --cap seconds of training (a capped run says so: `capped: true`, and is not the full
-recipe); the benchmark runs last, alone, so that its timings are not shared (the dry run, which times nothing, starts it first). Before anything trains, a probe
-times 30 steps of each network and OUT/plan.json records the estimate against the caps. Whatever finishes is
-kept. Copy OUT/* into results/ and run `python tools/render.py` to put the numbers into README.
+recipe); the benchmark runs last, alone, so that its timings are not shared (the dry run, which times
+nothing, starts it first). Before anything trains, a probe times 30 steps of each network and OUT/plan.json
+records the estimate against the caps. Whatever finishes is kept. Copy OUT/* into results/ and run `python tools/render.py` to put the numbers into README.
 """
 from __future__ import annotations
 
