@@ -50,17 +50,19 @@ class Muon(torch.optim.Muon):
             bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad)) for p in params]
             torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
             nesterov = torch._foreach_lerp(grads, bufs, group["momentum"])
-            # Matrices of one shape are orthogonalised together (a Mixer's blocks repeat theirs): one batched
-            # iteration instead of one per matrix, each matrix's result the same.
-            by_shape = {}
+            # In fp32, matrices of one shape are orthogonalised together (a Mixer's blocks repeat theirs): one
+            # batched iteration instead of one per matrix. In bf16 each alone, torch.optim.Muon's arithmetic
+            # exactly (a batched bf16 matmul may round otherwise on CPUs with bf16 units).
+            together = {}
             for i, p in enumerate(params):
-                by_shape.setdefault(tuple(p.shape), []).append(i)
+                together.setdefault(tuple(p.shape) if self.ns_dtype == torch.float32 else i, []).append(i)
             torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
-            for shape, idx in by_shape.items():
+            for idx in together.values():
                 updates = orthogonalise(torch.stack([nesterov[i] for i in idx]), group["ns_coefficients"],
                                         group["ns_steps"], group["eps"], self.ns_dtype)
+                rows, cols = params[idx[0]].shape[:2]
                 torch._foreach_add_([params[i] for i in idx], list(updates.unbind()),
-                                    alpha=-group["lr"] * 0.2 * math.sqrt(max(shape[:2])))  # AdamW's RMS
+                                    alpha=-group["lr"] * 0.2 * math.sqrt(max(rows, cols)))  # AdamW's RMS
 
 
 class MuonAdamW(torch.optim.Optimizer):

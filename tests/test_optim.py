@@ -129,6 +129,14 @@ def test_our_muon_in_bf16_is_torchs_muon_bit_for_bit():
     assert all(torch.equal(p, q) for p, q in zip(twin, theirs))
 
 
+def test_a_stack_of_matrices_is_orthogonalised_as_each_alone():
+    """In fp32 Muon orthogonalises its matrices of one shape as one stack."""
+    g = torch.randn(3, 64, 16, generator=torch.Generator().manual_seed(4))
+    stacked = orthogonalise(g, (3.4445, -4.775, 2.0315), 5, 1e-7, torch.float32)
+    alone = torch.stack([orthogonalise(m, (3.4445, -4.775, 2.0315), 5, 1e-7, torch.float32) for m in g])
+    assert stacked.shape == g.shape and torch.allclose(stacked, alone, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(64, 16), (16, 64)])
 def test_newton_schulz_in_fp32_orthogonalises_like_bf16(shape):
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
