@@ -170,7 +170,7 @@ class Trainer:
         if self.test_curve:  # learning curves only: nothing is chosen on it
             r["test_acc"] = evaluate_accuracy(self.evaluated, self.test_iter, self.device, self.precision, self.views)
         self.history.append(r)
-        if epoch % self.recipe.val_every == 0 or epoch == self.recipe.epochs:
+        if self.recipe.validates(epoch):
             self.validate(r)
         self.validate_one_view(r)
         return r
@@ -252,7 +252,7 @@ class Trainer:
 
 def best_record(history: list[dict]) -> dict:
     """The history record of the model-selection epoch: the best validation accuracy (the first of equals),
-    among the epochs that were validated (`Recipe.val_every`)."""
+    among the epochs that were validated (`Recipe.validates`)."""
     return max((r for r in history if r["val_acc"] is not None), key=lambda r: r["val_acc"])
 
 

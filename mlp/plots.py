@@ -146,7 +146,7 @@ def draw_history(animator: Animator, history):
                 animator.X[i].append(x)
                 animator.Y[i].append(v)
         for i, v in zip(range(2, n), validation_points(r)):
-            if v is not None:  # None: an epoch not validated (Recipe.val_every)
+            if v is not None:  # None: an epoch not validated (Recipe.validates)
                 animator.X[i].append(r["epoch"])
                 animator.Y[i].append(v)
     animator.draw()

@@ -93,7 +93,7 @@ def time_to_accuracy(history, acc: float = 0.90) -> tuple[float, int] | tuple[No
     elapsed = 0.0
     for h in history:
         elapsed += h["seconds"] + h.get("eval_seconds", 0.0)
-        if h["val_acc"] is not None and h["val_acc"] >= acc:  # None: not validated (Recipe.val_every)
+        if h["val_acc"] is not None and h["val_acc"] >= acc:  # None: not validated (Recipe.validates)
             return elapsed, h["epoch"]
     return None, None
 

@@ -161,7 +161,7 @@ def resumed_settings(state: dict, model, recipe, given: dict, precision: str) ->
     """What a resumed run trains with: its checkpoint's settings. A resume may only raise the number of epochs
     (an extension, kept in the record); any other setting asked for that differs from the run's is refused,
     named, instead of being ignored."""
-    saved = dict(state["recipe"])
+    saved = Recipe(**state["recipe"]).to_dict()  # (a field newer than the run: its default, what the run did)
     wanted = recipe.to_dict() if recipe is not None else saved
     differ = [f"{k}={wanted[k]!r} (the run has {saved[k]!r})" for k in saved if k != "epochs" and wanted[k] != saved[k]]
     if model is not None:

@@ -12,7 +12,7 @@ import torch
 
 from mlp import hardware, records
 from mlp.loop import best_record
-from mlp.recipe import get_preset
+from mlp.recipe import Recipe, get_preset
 from mlp.runner import RunConfig, quiet, run
 from model import MLPNet, count_params, train_flops_per_image
 
@@ -40,7 +40,8 @@ def train_all(presets, patches, seeds, epochs, train_limit, device, precision, j
     dev = hardware.resolve_device(device)
     prec = hardware.resolve_precision(dev, precision)
     cost = costs(presets, patches, epochs)
-    key = lambda r: json.dumps([r["preset"], r["patch"], r["seed"], r.get("model"), r.get("recipe"),  # noqa: E731
+    recipe_of = lambda r: r.get("recipe") and Recipe(**r["recipe"]).to_dict()  # noqa: E731 (newer fields: defaults)
+    key = lambda r: json.dumps([r["preset"], r["patch"], r["seed"], r.get("model"), recipe_of(r),  # noqa: E731
                                 r["train_limit"], r.get("eval_limit")], sort_keys=True)
     done = {}
     if resume and json_path.exists():

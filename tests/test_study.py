@@ -62,5 +62,10 @@ def test_the_study_reuses_a_row_only_for_the_same_network_recipe_and_limits(tmp_
     as_saved = json.loads(json.dumps(second[0]["history"]))
     assert third[0]["history"] == as_saved and "reused 1 of 1 runs" in logs[-1]
     assert "(reused from the record)" in logs[-2]
+    older = json.loads(path.read_text())  # a row from before Recipe.val_from existed: it did what its default does
+    del older["rows"][0]["recipe"]["val_from"]
+    path.write_text(json.dumps(older))
+    study.train_all(*args, log=logs.append, eval_limit=64)
+    assert "reused 1 of 1 runs" in logs[-1]
     fourth = study.train_all(*args, log=logs.append, eval_limit=32)  # other limits: another run
     assert fourth[0]["eval_limit"] == 32 and "reused 0 of 1 runs" in logs[-1]

@@ -1,4 +1,5 @@
 """The training loop, the d2l helpers, train.py as a process and the notebook under papermill."""
+import dataclasses
 import json
 import os
 import signal
@@ -85,6 +86,23 @@ def test_val_every_validates_every_nth_epoch_the_last_and_where_a_run_stops():
     assert [r["val_acc"] is not None for r in history] == [False, True, True] and t.best_epoch in (2, 3)
     with pytest.raises(ValueError, match="val_every=0 must be positive"):
         get_preset("sprint", val_every=0)
+
+
+def test_val_from_validates_only_the_late_epochs_and_trains_the_same_weights():
+    """`long` validates its ten views from epoch 21 only: the skipped validations must not change training."""
+    model, recipe = get_preset("sprint", epochs=5, batch_size=64)
+    runs = {}
+    for val_from in (1, 4):
+        torch.manual_seed(0)
+        t = trainer(model, dataclasses.replace(recipe, val_from=val_from), 1000, eval_limit=500)
+        runs[val_from] = fit(t, log=lambda s: None, progress=False)
+    assert [r["epoch"] for r in runs[4] if r["val_acc"] is not None] == [4, 5]
+    assert [r["val_acc"] for r in runs[1]][3:] == [r["val_acc"] for r in runs[4]][3:]
+    assert [r["train_loss"] for r in runs[1]] == [r["train_loss"] for r in runs[4]]
+    assert [r.validates(e) for r in [dataclasses.replace(recipe, epochs=10, val_every=3, val_from=4)]
+            for e in range(1, 11)] == [False] * 5 + [True, False, False, True, True], "6 and 9 (every 3rd), and 10"
+    with pytest.raises(ValueError, match="val_from=0 must be positive"):
+        get_preset("long", val_from=0)
 
 
 def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
