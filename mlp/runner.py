@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,7 +293,9 @@ def run(model: ModelConfig | None, recipe: Recipe | None, cfg: RunConfig | None 
         if trainer.interrupted:
             say(interrupted(hooks.saver, out))
             return Run(net, trainer.history, None, loaders=loaders)
+        began = time.perf_counter()
         preds, labels = predict(net, loaders[2], dev, prec, Views.of(model))  # kept: views make a pass costly
+        test_seconds = time.perf_counter() - began
         test_acc = float((preds == labels).sum()) / len(labels)
         metrics = {}
         if writer:
@@ -300,7 +303,8 @@ def run(model: ModelConfig | None, recipe: Recipe | None, cfg: RunConfig | None 
                                device=dev, precision=prec, train_limit=cfg.train_limit, animator=animator,
                                extra=dict(world_size=world, command=cfg.command, run_id=begin.run_id,
                                           eval_limit=cfg.eval_limit, val_images=loaders[1].num_examples,
-                                          test_images=len(labels), eval_views=model.views, extended=begin.extended,
+                                          test_images=len(labels), eval_views=model.views, test_seconds=test_seconds,
+                                          extended=begin.extended,
                                           capped=hooks.over_budget() and len(trainer.history) < recipe.epochs,
                                           **({"max_seconds": cfg.max_seconds} if cfg.max_seconds else {})))
             say(f"best val acc {metrics['val_acc']:.4f} (epoch {metrics['best_epoch']}), test acc {test_acc:.4f}, "

@@ -191,6 +191,7 @@ def test_train_py_writes_metrics_model_and_curves(tmp_path):
     assert m["epochs"] == 1 and m["train_limit"] == 4000 and m["precision"] == "fp32"
     assert m["eval_limit"] == 500 and m["val_images"] == m["test_images"] == 500 and m["eval_views"] == 10
     assert set(m["history"][0]) >= {"epoch", "train_loss", "train_acc", "val_acc", "seconds"}
+    assert 0 < m["test_seconds"] < m["history"][0]["eval_seconds"] * 10, "10 views of 500 test images are timed"
     assert 0.5 < m["test_acc"] <= 1  # 63 steps; chance is 0.1
     net = load_model(out / "model.pt")  # torch.load(..., weights_only=True) of model config + weights
     assert set(torch.load(out / "model.pt", weights_only=True)) == {"format", "model", "preset", "state_dict"}
