@@ -98,6 +98,41 @@ def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_run
     assert "| 1 | 1.0000 | 86.00 % | 85.00 % | 60 |" in curve and "| 2 |" in curve
 
 
+def test_targets_table_measures_on_the_development_cpu_and_needs_three_seeds(tmp_path):
+    """Each target met or not from the runs' JSON: development-CPU runs as measured, the AVX-512 CPU's at x3.2
+    while the development CPU has fewer than three seeds; long's evaluation share counts where it was timed."""
+    dev, avx512 = "AMD EPYC (2 cores, 2 threads, AVX2)", "AMD EPYC (2 cores, 2 threads, AVX-512+BF16)"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+
+    def put(name, preset, seed, test_acc, hardware, seconds=60.0, **kw):
+        (runs / f"{name}.json").write_text(json.dumps(dict(run_json(preset, seed, test_acc), hardware=hardware,
+                                                           train_seconds=2 * seconds, **kw)))
+    for s in (0, 1, 2):  # 90 % validation after epoch 2 (0.87 + 0.03), at 2 x 25 s of training + 2 x 2 s of validation
+        put(f"sprint-{s}", "sprint", s, 0.89, dev, history=[dict(epoch=e, val_acc=0.85 + 0.025 * e, seconds=25.0,
+                                                                 eval_seconds=2.0) for e in (1, 2)])
+    put("quick-dev-0", "quick", 0, 0.925, dev, seconds=250.0)
+    for s in (0, 1, 2):
+        put(f"quick-{s}", "quick", s, 0.921, avx512, seconds=90.0)  # 180 s x 3.2 = 576 s
+        put(f"long-{s}", "long", s, 0.941, dev, seconds=800.0, test_seconds=30.0)
+    table = render.render_targets(tmp_path).splitlines()[2:]
+    rows = {" ".join(line.split(" | ")[0:4:3]): line for line in table}  # "| `preset` seeds"
+    assert "90 % validation by 54 s in the slowest seed" in rows["| `sprint` 3"]
+    assert rows["| `sprint` 3"].endswith("| **yes** |")
+    assert rows["| `quick` 1"].endswith("| no |"), "one seed meets nothing"
+    assert "92.10 % test (mean) in ≤ 576 s (× 3.2 = development-CPU estimate)" in rows["| `quick` 3"]
+    assert rows["| `quick` 3"].endswith("| **yes** |")
+    long = rows["| `long` 3"]  # evaluation: 2 x 0 s of validation (run_json's) + 30 s of test over 1,600 s
+    assert "94.10 % test (mean) in ≤ 1,600 s; evaluation 2 % of training" in long and long.endswith("| **yes** |")
+    put("sprint-2", "sprint", 2, 0.89, dev, history=[dict(epoch=e, val_acc=0.85 + 0.025 * e, seconds=29.0,
+                                                          eval_seconds=2.0) for e in (1, 2)])  # 62 s
+    put("long-2", "long", 2, 0.941, dev, seconds=800.0, test_seconds=300.0)  # 19 % of its training
+    rows = {line.split(" | ")[0]: line for line in render.render_targets(tmp_path).splitlines()[2:]}
+    assert "by 62 s" in rows["| `sprint`"] and rows["| `sprint`"].endswith("| no |")
+    assert "evaluation 19 % of training" in rows["| `long`"] and rows["| `long`"].endswith("| no |")
+    assert rows["| `best`"].endswith("| no |")
+
+
 def test_seed_curve_marks_an_epoch_that_was_not_validated(tmp_path):
     (tmp_path / "runs").mkdir()
     r = run_json("seed", 0, 0.85, curve=True)

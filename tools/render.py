@@ -205,44 +205,63 @@ def render_presets(folder: Path, superseded: bool = False) -> str:
 
 DEV_CPU = "AVX2)"  # the development CPU's hardware string ends so: "AMD EPYC (2 cores, 2 threads, AVX2)"
 AVX512_RATIO = 3.2  # development-CPU seconds per AVX-512-CPU second (docs/frontier.md: two CPUs)
-# The frontier's targets (issue #30), in development-CPU seconds of training, fp32, mean over three seeds.
-TARGETS = {"sprint": ("90 % validation in ≤ 60 s, every seed", 60, None),
-           "quick": ("≥ 92.0 % test in ≤ 600 s", 600, 0.920),
-           "long": ("≥ 94.0 % test in ≤ 1,800 s", 1800, 0.940),
-           "best": ("≥ 94.5 % test (GPU)", None, 0.945)}
+# The frontier's targets (issue #30), in development-CPU seconds of training, fp32, mean over three seeds:
+# (goal, seconds, test accuracy, the most evaluation may add as a share of the training seconds).
+TARGETS = {"sprint": ("90 % validation in ≤ 60 s, every seed", 60, None, None),
+           "quick": ("≥ 92.0 % test in ≤ 600 s", 600, 0.920, None),
+           "long": ("≥ 94.0 % test in ≤ 1,800 s; evaluation ≤ 10 % of that", 1800, 0.940, 0.10),
+           "best": ("≥ 94.5 % test (GPU)", None, 0.945, None)}
+
+
+def eval_share(r: dict) -> float | None:
+    """Validation and test seconds over training seconds; None for runs that did not time their test pass."""
+    if "test_seconds" not in r:
+        return None
+    return (sum(h.get("eval_seconds", 0.0) for h in r["history"]) + r["test_seconds"]) / r["train_seconds"]
+
+
+def target_row(preset: str, rs: list[dict], ratio: float) -> str:
+    """One preset's runs on one CPU against its target; ratio: development-CPU seconds per second of theirs."""
+    goal, budget, acc, most = TARGETS[preset]
+    scale = "" if ratio == 1 else f" (× {ratio} = development-CPU estimate)"
+    if acc is None:  # time to 90 % validation, training + validation seconds
+        times = [records.time_to_accuracy(r["history"], 0.90)[0] for r in rs]
+        worst = None if None in times else ratio * max(times)
+        measured = (f"90 % validation by {worst:.0f} s in the slowest seed{scale}" if worst is not None
+                    else f"{sum(t is None for t in times)} of {len(times)} seeds never reach 90 % validation")
+        met = worst is not None and worst <= budget
+    else:
+        test, _ = records.mean_std(r["test_acc"] for r in rs)
+        slowest = ratio * max(r["train_seconds"] for r in rs)
+        measured = f"{pct(test)} test (mean) in ≤ {slowest:,.0f} s{scale}"
+        met = test >= acc and slowest <= budget
+    shares = [eval_share(r) for r in rs]
+    if None not in shares:
+        measured += f"; evaluation {100 * max(shares):.0f} % of training"
+    if most is not None:
+        met = met and None not in shares and max(shares) <= most
+    met = met and len(rs) >= 3  # a target is met by the mean over three seeds
+    return (f"| `{preset}` | {goal} | {measured} | {len(rs)} | {rs[0]['hardware']}, fp32 | "
+            f"{', '.join(r['file'].removesuffix('.json') for r in rs)} | {'**yes**' if met else 'no'} |")
 
 
 def render_targets(folder: Path) -> str:
-    """Each preset against its target, from its current runs (results/runs/, superseded versions aside): on the
-    development CPU where measured there, else the AVX-512 CPU's seconds x AVX512_RATIO (an estimate)."""
+    """Each preset against its target, from its current runs (results/runs/, superseded versions aside): those
+    of the development CPU, and while it has fewer than three seeds also the AVX-512 CPU's, its seconds x
+    AVX512_RATIO (an estimate)."""
     lines = ["| preset | target | measured | seeds | hardware, precision | runs (results/runs/) | met? |",
              "| --- | --- | --- | ---: | --- | --- | --- |"]
     runs = [r for r in load_runs(folder) if full_data(r) and not SUPERSEDED.search(r["file"])]
-    for preset, (goal, budget, acc) in TARGETS.items():
+    for preset, (goal, budget, _, _) in TARGETS.items():
         if budget is None:  # a GPU target: its runs come from `make gpu-results`
             lines.append(f"| `{preset}` | {goal} | not trained on a GPU yet | — | — | — | no |")
             continue
         mine = [r for r in runs if r["preset"] == preset and r["precision"] == "fp32"]
         dev = [r for r in mine if r["hardware"].endswith(DEV_CPU)]
-        rs, ratio = (dev, 1.0) if dev else ([r for r in mine if "AVX-512" in r["hardware"]], AVX512_RATIO)
-        if not rs:
+        avx512 = [r for r in mine if "AVX-512" in r["hardware"]] if len(dev) < 3 else []
+        lines += [target_row(preset, rs, ratio) for rs, ratio in ((dev, 1.0), (avx512, AVX512_RATIO)) if rs]
+        if not dev and not avx512:
             lines.append(f"| `{preset}` | {goal} | — | — | — | — | not measured |")
-            continue
-        scale = "" if ratio == 1 else f" (× {ratio} = development-CPU estimate)"
-        if acc is None:  # time to 90 % validation, training + validation seconds
-            times = [records.time_to_accuracy(r["history"], 0.90)[0] for r in rs]
-            worst = None if None in times else ratio * max(times)
-            measured = (f"90 % validation by {worst:.0f} s in the slowest seed{scale}" if worst is not None
-                        else f"{sum(t is None for t in times)} of {len(times)} seeds never reach 90 % validation")
-            met = worst is not None and worst <= budget
-        else:
-            test, _ = records.mean_std(r["test_acc"] for r in rs)
-            slowest = ratio * max(r["train_seconds"] for r in rs)
-            measured = f"{pct(test)} test (mean) in ≤ {slowest:.0f} s{scale}"
-            met = test >= acc and slowest <= budget
-        met = met and len(rs) >= 3  # a target is met by the mean over three seeds
-        lines.append(f"| `{preset}` | {goal} | {measured} | {len(rs)} | {rs[0]['hardware']}, fp32 | "
-                     f"{', '.join(r['file'].removesuffix('.json') for r in rs)} | {'**yes**' if met else 'no'} |")
     return "\n".join(lines)
 
 
