@@ -221,7 +221,7 @@ class FastLoader:
                  shard=(0, 1), shift=2):
         self.images, self.labels = images.to(device), labels.to(device)
         self.batch_size, self.shuffle, self.augment, self.erase = batch_size, shuffle, augment, erase
-        self.shift = shift
+        self.shift, self.plain = shift, False  # plain: this epoch without augmentation (Recipe.plain_epochs)
         self.generator = torch.Generator().manual_seed(seed)  # same seed on every rank: one shared permutation
         # and the same augmentation draws, of which each rank takes its share
         self.rank, self.world = shard  # distributed: rank r takes every world-th index of that permutation
@@ -243,9 +243,9 @@ class FastLoader:
         for i in range(0, n, self.batch_size):
             idx = order[i:i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
             X = self.images[idx].unsqueeze(1).float().div_(255)
-            if self.augment:
+            if self.augment and not self.plain:
                 X = augment_batch(X, self.generator, self.shift, shard=(self.rank, self.world))
-            if self.erase:
+            if self.erase and not self.plain:
                 X = erase_batch(X, self.generator, self.erase, shard=(self.rank, self.world))
             yield X, self.labels[idx]
 

@@ -127,6 +127,7 @@ class Trainer:
         mean over the last ~1/5 epoch of steps, a window that runs on across epoch boundaries (no step where an
         epoch's running mean would restart)."""
         self.net.train()
+        self.train_iter.plain = epoch > self.recipe.epochs - self.recipe.plain_epochs
         start, sums = time.perf_counter(), torch.zeros(3, device=self.device)  # loss sum, correct, count
         n, lr, points, last = len(self.train_iter), self.opt.param_groups[0]["lr"], [], time.monotonic()
         steps, width = torch.zeros(n, 3, device=self.device), max(1, round(n / PROGRESS_POINTS))

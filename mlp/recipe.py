@@ -31,6 +31,7 @@ class Recipe:
     augment: bool = False               # random translation (up to `shift` px) and horizontal flip, per image
     shift: int = 2                      # augment's largest translation in pixels; 0: flips only
     erase: float = 0.0                  # random-erasing probability per image
+    plain_epochs: int = 0               # the last n epochs train on the images as they are (no augment, erase)
     ema: float = 0.0                    # per-step decay of a moving average of the weights that validation,
                                         # model selection and the saved model use (0: off, the raw weights)
     val_size: int = 5000
@@ -43,6 +44,8 @@ class Recipe:
         self.validate()
 
     def validate(self):
+        if not 0 <= self.plain_epochs <= self.epochs:
+            raise ValueError(f"plain_epochs={self.plain_epochs} must be 0 to epochs={self.epochs}")
         if not 0 <= self.shift <= 8:
             raise ValueError(f"shift={self.shift} must be 0..8 pixels")
         for name in ("epochs", "batch_size", "val_every", "val_from"):

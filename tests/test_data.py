@@ -107,6 +107,15 @@ def test_loader_with_augmentation_keeps_labels_shape_and_range(arrays):
     assert not all(torch.equal(X, Xa) for (X, _), (Xa, _) in zip(plain, aug))
 
 
+def test_a_plain_epoch_yields_the_images_as_they_are(arrays):
+    """Recipe.plain_epochs: for its last epochs the trainer marks the loader plain: no shifts, flips or erasing."""
+    x = arrays["train_x"][:512]
+    loader = mu.FastLoader(x, torch.arange(512), 64, shuffle=True, augment=True, erase=0.5, seed=3)
+    loader.plain = True
+    for X, idx in loader:
+        assert torch.equal(X[:, 0], x[idx].float() / 255)
+
+
 def _copy_raw(raw_dir, tmp_path):
     dst = tmp_path / "FashionMNIST" / "raw"
     shutil.copytree(raw_dir, dst)

@@ -105,6 +105,15 @@ def test_val_from_validates_only_the_late_epochs_and_trains_the_same_weights():
         get_preset("long", val_from=0)
 
 
+def test_plain_epochs_are_the_last_ones():
+    model, recipe = get_preset("quick", epochs=3, batch_size=64, plain_epochs=1)
+    t, plain = trainer(model, recipe, 256, eval_limit=64), []
+    fit(t, after_epoch=lambda tr: plain.append(tr.train_iter.plain), log=lambda s: None, progress=False)
+    assert plain == [False, False, True]
+    with pytest.raises(ValueError, match="plain_epochs=4 must be 0 to epochs=3"):
+        get_preset("quick", epochs=3, plain_epochs=4)
+
+
 def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     """Epoch 1 is checkpointed; a NaN weight then makes epoch 2's loss NaN: the run stops with the hint and
     last.pt still holds epoch 1, loadable and finite."""
