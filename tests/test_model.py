@@ -177,7 +177,7 @@ def test_config_overrides_are_type_checked():
 
 @pytest.mark.parametrize("preset, record", [("quick", "runs/quick-avx2-seed0.json"),
                                             ("sprint", "runs/sprint-avx2-seed0.json"),
-                                            ("long", "runs/long-cpu-seed0.json")])
+                                            ("long", "runs/long-avx2-seed0.json")])
 def test_presets_are_exactly_the_measured_trials_readme_reports(preset, record):
     model, recipe = get_preset(preset)
     t = json.loads((ROOT / "results" / record).read_text())
