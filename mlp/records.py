@@ -88,8 +88,8 @@ def mean_std(xs) -> tuple[float, float]:
 
 def time_to_accuracy(history, acc: float = 0.90) -> tuple[float, int] | tuple[None, None]:
     """bench.py's time to 90 %: (training + validation seconds, epoch) up to the first epoch whose validation
-    accuracy reaches `acc`, from a run's history; (None, None) if none does. With `Recipe.val_every` > 1 only
-    the validated epochs can count, so the time is an upper bound."""
+    accuracy reaches `acc`, from a run's history; (None, None) if none does. Where a recipe skips epochs
+    (`Recipe.validates`), only the validated ones can count, so the time is an upper bound."""
     elapsed = 0.0
     for h in history:
         elapsed += h["seconds"] + h.get("eval_seconds", 0.0)

@@ -116,7 +116,8 @@ def test_targets_table_measures_on_the_development_cpu_and_needs_three_seeds(tmp
         put(f"quick-{s}", "quick", s, 0.921, avx512, seconds=90.0)  # 180 s x 3.2 = 576 s
         put(f"long-{s}", "long", s, 0.941, dev, seconds=800.0, test_seconds=30.0)
     table = render.render_targets(tmp_path).splitlines()[2:]
-    rows = {" ".join(line.split(" | ")[0:4:3]): line for line in table}  # "| `preset` seeds"
+    cells = [line.split(" | ") for line in table]
+    rows = {f"{c[0]} {c[3]}": line for c, line in zip(cells, table)}  # "| `preset` seeds"
     assert "90 % validation by 54 s in the slowest seed" in rows["| `sprint` 3"]
     assert rows["| `sprint` 3"].endswith("| **yes** |")
     assert rows["| `quick` 1"].endswith("| no |"), "one seed meets nothing"

@@ -99,8 +99,9 @@ def test_val_from_validates_only_the_late_epochs_and_trains_the_same_weights():
     assert [r["epoch"] for r in runs[4] if r["val_acc"] is not None] == [4, 5]
     assert [r["val_acc"] for r in runs[1]][3:] == [r["val_acc"] for r in runs[4]][3:]
     assert [r["train_loss"] for r in runs[1]] == [r["train_loss"] for r in runs[4]]
-    assert [r.validates(e) for r in [dataclasses.replace(recipe, epochs=10, val_every=3, val_from=4)]
-            for e in range(1, 11)] == [False] * 5 + [True, False, False, True, True], "6 and 9 (every 3rd), and 10"
+    late = dataclasses.replace(recipe, epochs=10, val_every=3, val_from=4)
+    assert [late.validates(e) for e in range(1, 11)] == [False] * 5 + [True, False, False, True, True], \
+        "6 and 9 (every 3rd), and 10"
     with pytest.raises(ValueError, match="val_from=0 must be positive"):
         get_preset("long", val_from=0)
 
