@@ -120,9 +120,14 @@ BLOCK_EXAMPLE = ('{"tokens": [16, 64, 16], "features": [128, 512, 128]} (three i
                  "on a command line, quote the whole --set value)")
 
 
+def _widths(w) -> bool:
+    """Three integer widths (in, hidden, out)."""
+    return isinstance(w, (list, tuple)) and len(w) == 3 and all(type(v) is int for v in w)
+
+
 def _block_spec(b) -> BlockSpec:
-    ok = lambda w: isinstance(w, (list, tuple)) and len(w) == 3 and all(type(v) is int for v in w)  # noqa: E731
-    if not (isinstance(b, dict) and set(b) == {"tokens", "features"} and ok(b["tokens"]) and ok(b["features"])):
+    if not (isinstance(b, dict) and set(b) == {"tokens", "features"} and _widths(b["tokens"])
+            and _widths(b["features"])):
         raise ValueError(f"a block must look like {BLOCK_EXAMPLE}; got {b!r}")
     return BlockSpec(tuple(b["tokens"]), tuple(b["features"]))
 

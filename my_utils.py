@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from mlp.data import (  # noqa: F401
     LABELS,
+    ROOT,
     DataError,
     FastLoader,
     augment_batch,

@@ -7,7 +7,6 @@ what inference needs: the model config and the weights.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import io
 import json
 import os
@@ -108,6 +107,7 @@ class RunLock:
         self.path, self.command, self.fd = Path(run_dir) / ".lock", command, None
 
     def __enter__(self):
+        import fcntl  # here, not at the top: predict.py loads models where there is no fcntl (Windows)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -263,7 +263,8 @@ def fashion_mnist_loaders(batch_size, val_size=5000, augment=False, seed=0, devi
     perm = torch.randperm(len(a["train_y"]), generator=torch.Generator().manual_seed(SPLIT_SEED))
     train_idx, val_idx = perm[:len(perm) - val_size], perm[len(perm) - val_size:]
     train_idx, val_idx, test_idx = train_idx[:train_limit], val_idx[:eval_limit], slice(eval_limit)
-    mk = lambda x, y, **kw: FastLoader(x, y, batch_size, device=device, **kw)  # noqa: E731
+    def mk(x, y, **kw):
+        return FastLoader(x, y, batch_size, device=device, **kw)
     return (mk(a["train_x"][train_idx], a["train_y"][train_idx], shuffle=True, augment=augment, erase=erase,
                shift=shift, seed=seed, shard=shard),
             mk(a["train_x"][val_idx], a["train_y"][val_idx]),

@@ -164,7 +164,8 @@ def override(model: ModelConfig, recipe: Recipe, **overrides) -> tuple[ModelConf
     k, stride = overrides.get("patch", old.patch), overrides.get("stride", old.stride)
     side = windows_per_side(k, stride) if isinstance(k, int) and isinstance(stride, int) else 0
     if {"patch", "stride"} & set(overrides) and "blocks" not in overrides and side:  # (bad values: validate says)
-        swap = lambda w: side ** 2 if w == old.num_patches else w  # noqa: E731
+        def swap(w):
+            return side ** 2 if w == old.num_patches else w
         model["blocks"] = [dict(tokens=(swap(t_in), hidden, swap(t_out)), features=b["features"])
                            for b in model["blocks"] for t_in, hidden, t_out in [b["tokens"]]]
     for key, value in overrides.items():

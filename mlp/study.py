@@ -40,9 +40,10 @@ def train_all(presets, patches, seeds, epochs, train_limit, device, precision, j
     dev = hardware.resolve_device(device)
     prec = hardware.resolve_precision(dev, precision)
     cost = costs(presets, patches, epochs)
-    recipe_of = lambda r: r.get("recipe") and Recipe(**r["recipe"]).to_dict()  # noqa: E731 (newer fields: defaults)
-    key = lambda r: json.dumps([r["preset"], r["patch"], r["seed"], r.get("model"), recipe_of(r),  # noqa: E731
-                                r["train_limit"], r.get("eval_limit")], sort_keys=True)
+    def key(r):
+        recipe = r.get("recipe") and Recipe(**r["recipe"]).to_dict()  # (fields newer than the row: their defaults)
+        return json.dumps([r["preset"], r["patch"], r["seed"], r.get("model"), recipe, r["train_limit"],
+                           r.get("eval_limit")], sort_keys=True)
     done = {}
     if resume and json_path.exists():
         done = {key(r): r for r in json.loads(json_path.read_text())["rows"]}

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import my_utils as mu
 
-import my_utils as mu  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +86,7 @@ def gpu_dry_run(tmp_path_factory):
     `tools/bench.py --quick --device cpu`, whose bench_gpu.json test_bench reads too (one run of it, not two).
     Returns (its output folder, the finished process)."""
     out = tmp_path_factory.mktemp("gpu") / "gpu"
-    r = subprocess.run([sys.executable, "tools/gpu_results.py", "--dry-run", "--out", str(out)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "tools.gpu_results", "--dry-run", "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=1200)
     return out, r
 

@@ -38,7 +38,10 @@ def test_validation_split_is_fixed_disjoint_and_leaves_test_alone(arrays):
     assert (tr.num_examples, va.num_examples, te.num_examples) == (55000, 5000, 10000)
     assert torch.equal(va.images, va2.images), "the validation split must not depend on the training seed"
     # every training image lands in exactly one of train/val: compare by content hash
-    key = lambda x: x.flatten(1).to(torch.int64) @ torch.randint(0, 2**31, (784,), generator=torch.Generator().manual_seed(0))  # noqa: E731
+    weights = torch.randint(0, 2**31, (784,), generator=torch.Generator().manual_seed(0))
+
+    def key(x):
+        return x.flatten(1).to(torch.int64) @ weights
     all_keys = torch.sort(key(arrays["train_x"])).values
     assert torch.equal(torch.sort(torch.cat([key(tr.images), key(va.images)])).values, all_keys)
     assert torch.equal(te.images, arrays["test_x"]) and torch.equal(te.labels, arrays["test_y"])

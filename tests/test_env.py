@@ -1,6 +1,7 @@
 """The environment the repo declares: floors that the code needs, and the tested versions that `make` installs."""
 import importlib.metadata
 import re
+import tomllib
 
 import pytest
 import torch
@@ -23,16 +24,30 @@ def version(v):
     return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
 
 
+def floors() -> dict:
+    """{package: (operator, version)} of pyproject.toml's dependencies and extras (the project's own extra,
+    `mlp-fashion-mnist[notebook]` inside `test`, is not a package to pin)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    out = {}
+    for line in lines:
+        if line.startswith(project["name"]):
+            continue
+        pkg, op, version = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(>=|==)\s*([0-9][^\s,;]*)", line).groups()
+        out[pkg.lower()] = (op, version)
+    return out
+
+
 def test_the_floors_admit_only_releases_the_code_runs_on():
     """torch.optim.Muon (recipe.Muon's base class) first shipped in torch 2.9; torchvision 0.24 is its match."""
-    req = pins("requirements.txt")
-    assert all(op == ">=" for op, _ in req.values()), "requirements.txt holds lower bounds only"
+    req = floors()
+    assert all(op == ">=" for op, _ in req.values()), "pyproject.toml holds lower bounds only"
     assert version(req["torch"][1]) >= (2, 9) and version(req["torchvision"][1]) >= (0, 24)
     assert hasattr(torch.optim, "Muon")
 
 
 def test_make_installs_the_tested_versions_of_everything_it_requires():
-    req, tested = pins("requirements.txt"), pins("constraints.txt")
+    req, tested = floors(), pins("constraints.txt")
     assert set(req) <= set(tested), f"not pinned in constraints.txt: {sorted(set(req) - set(tested))}"
     for pkg, (op, v) in tested.items():
         assert op == "==", f"constraints.txt: {pkg} must be pinned with =="
@@ -40,7 +55,9 @@ def test_make_installs_the_tested_versions_of_everything_it_requires():
         if pkg in req:
             assert version(v) >= version(req[pkg][1]), f"{pkg}: the tested {v} is below the floor {req[pkg][1]}"
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"pip install .*-r requirements\.txt -c constraints\.txt", makefile)
+    assert re.search(r'pip install .*-e "\.\[test\]" -c constraints\.txt', makefile)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert importlib.metadata.version(project["name"]) == project["version"], "make installs the project itself"
 
 
 @pytest.mark.parametrize("native,expected", [(True, "bf16"), (False, "fp16")])

@@ -18,7 +18,7 @@ def test_dry_run_writes_every_result_file_and_they_render(gpu_dry_run, tmp_path)
     for name, m in runs.items():
         for key in ("command", "git_commit", "seed", "hardware", "precision", "capped", "history"):
             assert key in m, (name, key)
-        assert m["command"].startswith("python tools/gpu_results.py (python train.py --preset")
+        assert m["command"].startswith("python -m tools.gpu_results (python train.py --preset")
     assert [runs[f"best-gpu-seed{s}"]["seed"] for s in range(2)] == [0, 1]
     assert all("test_acc" in h for h in runs["seed-curve-gpu"]["history"]), "the curve has test accuracy per epoch"
     study = json.loads((out / "patch_study.json").read_text())
@@ -29,5 +29,5 @@ def test_dry_run_writes_every_result_file_and_they_render(gpu_dry_run, tmp_path)
     # everything renders as it would in README once copied into results/
     assert len(render.load_runs(out)) == 3 and render.render_presets(out)  # (subset runs: not table rows)
     assert "| 1 |" in render.render_seed_curve(out)
-    assert "python tools/gpu_results.py (patch study)" in render.render_patch_study(out)
+    assert "python -m tools.gpu_results (patch study)" in render.render_patch_study(out)
     assert "img/s" in render.render_bench_gpu(out) and "Not measured yet" in render.render_bench_gpu(tmp_path)

@@ -1,8 +1,8 @@
 """Side-by-side training benchmark: the d2l-chapter reference loop vs ours, MFU, time to 90 % (`default` and
 `sprint`), peak memory.
 
-    python tools/bench.py              # full: ~30 min on a 2-core CPU
-    python tools/bench.py --quick      # CI-sized: a few batches each, no time-to-90 run
+    python -m tools.bench              # full (its longest part trains `quick` to 90 % validation)
+    python -m tools.bench --quick      # CI-sized: a few batches each, no time-to-90 run
 
 Everything is measured in this one process on this one machine; speed is reported as a ratio against the
 reference measured in the same run. Writes bench.json (see --out).
@@ -23,16 +23,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable as `python tools/X.py` from anywhere: the library is in the repository
+from mlp import data, hardware, plots, records
+from mlp.evaluate import Views, evaluate_accuracy
+from mlp.loop import Trainer, fit
+from mlp.optim import Muon, MuonAdamW, orthogonalise
+from mlp.recipe import get_preset
+from mlp.runner import RunConfig, quiet, run
+from model import Dropout, MLPNet, train_flops_per_image
 
-from mlp import data, hardware, plots, records  # noqa: E402
-from mlp.evaluate import Views, evaluate_accuracy  # noqa: E402
-from mlp.loop import Trainer, fit  # noqa: E402
-from mlp.optim import Muon, MuonAdamW, orthogonalise  # noqa: E402
-from mlp.recipe import get_preset  # noqa: E402
-from mlp.runner import RunConfig, quiet, run  # noqa: E402
-from model import Dropout, MLPNet, train_flops_per_image  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def with_torch_dropout(net: nn.Module) -> nn.Module:
@@ -196,7 +195,7 @@ def live_overhead(device, precision, preset="quick") -> dict:
     return dict(preset=preset, epoch_s=r["seconds"], updates=len(drawing), sync_s=extra_sync_s,
                 sync_share=extra_sync_s / r["seconds"], update_s=sum(drawing), share=sum(drawing) / r["seconds"],
                 device=str(device), hardware=hardware.describe(device), precision=precision,
-                git_commit=records.git_commit(), command="python tools/bench.py --live-overhead")
+                git_commit=records.git_commit(), command="python -m tools.bench --live-overhead")
 
 
 def muon_ns_cost(device, preset="default", steps=20) -> dict:
@@ -235,7 +234,7 @@ def muon_ns_cost(device, preset="default", steps=20) -> dict:
     return dict(preset=preset, matrices=len(matrices), step_ms=ms, matmul_gflops=gflops, steps_per_epoch=steps_per_epoch,
                 used="bf16" if opt.muon.ns_dtype == torch.bfloat16 else "fp32", device=str(device),
                 hardware=hardware.describe(device), torch=torch.__version__, git_commit=records.git_commit(),
-                command="python tools/bench.py --muon-ns")
+                command="python -m tools.bench --muon-ns")
 
 
 def peak_rss_mb_of_training(args) -> float:

@@ -5,15 +5,15 @@
   3. the patch-size study at its full budget (3 seeds, K 2/4/7, seed and quick) -> OUT/patch_study.json/.png
   4. the speed benchmark against the d2l-style loop on the same GPU -> OUT/bench_gpu.json
 
-    make gpu-results                                  # python3 tools/gpu_results.py --out gpu-results
-    FASHION_MNIST_DIR=data python3 tools/gpu_results.py --out gpu-results   # a machine without internet
-    python tools/gpu_results.py --dry-run --out /tmp/g      # the same programme on the CPU, tiny (CI runs it)
+    make gpu-results                                  # python3 -m tools.gpu_results --out gpu-results
+    FASHION_MNIST_DIR=data python3 -m tools.gpu_results --out gpu-results   # a machine without internet
+    python -m tools.gpu_results --dry-run --out /tmp/g      # the same programme on the CPU, tiny (CI runs it)
 
 Parts 1-3 run at once as separate processes on the one GPU (a run of these small networks cannot fill
 it), each capped by --cap seconds of training (a capped run says so: `capped: true`, and is not the full
 recipe); the benchmark runs last, alone, so that its timings are not shared (the dry run, which times
 nothing, starts it first). Before anything trains, a probe times 30 steps of each network and OUT/plan.json
-records the estimate against the caps. Whatever finishes is kept. Copy OUT/* into results/ and run `python tools/render.py` to put the numbers into README.
+records the estimate against the caps. Whatever finishes is kept. Copy OUT/* into results/ and run `python -m tools.render` to put the numbers into README.
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable as `python tools/X.py` from anywhere: the library is in the repository
 TAG = "gpu"
 
 
@@ -98,12 +97,12 @@ def main(argv=None) -> int:
         code = ("from mlp import study; import json; study.study(**json.loads({!r}), device={!r}, precision={!r}, json_path={!r}, "
                 "png_path={!r}, command={!r}, resume=False, max_seconds={!r})").format(
             json.dumps(params), args.device, args.precision, str(out / "patch_study.json"),
-            str(out / "patch_study.png"), "python tools/gpu_results.py (patch study)", args.cap)
+            str(out / "patch_study.png"), "python -m tools.gpu_results (patch study)", args.cap)
         jobs["study"] = ([sys.executable, "-c", code], None)
     # The benchmark times the device alone, after the other parts; the dry run times nothing (tiny sizes on
     # the CPU) and starts it first, beside the probe and the parts.
     bench = None if "bench" in args.skip else (
-        [sys.executable, "tools/bench.py", "--device", args.device, "--precision", args.precision,
+        [sys.executable, "-m", "tools.bench", "--device", args.device, "--precision", args.precision,
          "--out", str(out / "bench_gpu.json")] + (["--quick"] if args.dry_run else ["--acc-epochs", "2"]))
     procs = {"bench": subprocess.Popen(bench, cwd=ROOT, stdout=open(out / "bench.log", "w"), stderr=subprocess.STDOUT)
              } if bench and args.dry_run else {}
@@ -117,7 +116,7 @@ def main(argv=None) -> int:
         metrics = out / "work" / (keep or "") / "metrics.json"
         if keep and metrics.exists():
             m = json.loads(metrics.read_text())
-            m["command"] = f"python tools/gpu_results.py ({m['command']})"
+            m["command"] = f"python -m tools.gpu_results ({m['command']})"
             records.atomic_write(out / "runs" / f"{keep}.json", json.dumps(m, indent=2))
     if bench and not args.dry_run:
         status["bench"] = subprocess.run(bench, cwd=ROOT, stdout=open(out / "bench.log", "w"),
