@@ -20,9 +20,8 @@ import torch
 import torch.distributed as dist
 
 from mlp import checkpoint, data, hardware, records
-from mlp.recipe import PRESETS, Recipe, get_preset, override
-from mlp.runner import CheckpointWriteError, PeerFailed, RunConfig, resume_state, run
-from model import ModelConfig
+from mlp.recipe import PRESETS, get_preset
+from mlp.runner import CheckpointWriteError, PeerFailed, RunConfig, check_selectable, resumable, run
 
 
 def parse_args(argv=None):
@@ -37,7 +36,8 @@ def parse_args(argv=None):
                    help="also record test accuracy after every epoch (to report a learning curve; model "
                         "selection still uses validation only)")
     p.add_argument("--max-seconds", type=float, help="stop after the epoch whose training time reaches this "
-                   "budget (metrics.json then says capped: true)")
+                   "budget (metrics.json then says capped: true); with --resume, a new budget for the whole run "
+                   "(default: the run's own)")
     p.add_argument("--seed", type=int, help="default: 0")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (auto: CUDA, then MPS, then CPU)")
     p.add_argument("--precision", default="auto", choices=hardware.PRECISIONS)
@@ -47,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="default: $FASHION_MNIST_DIR or ./data")
     p.add_argument("--out", help="run directory for metrics.json, model.pt, curves.png, checkpoints")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last complete epoch, with its "
-                   "own settings (only --epochs may change: a larger number extends it)")
+                   "own settings (only --epochs may grow, and --max-seconds change)")
     p.add_argument("--from", dest="resume_from", choices=["last.pt", "best.pt"],
                    help="with --resume: the checkpoint to continue from (default last.pt; best.pt when last.pt is "
                         "damaged)")
@@ -114,13 +114,13 @@ def main(argv=None) -> dict:
                  max_seconds=args.max_seconds, test_curve=args.test_curve)
     try:
         if args.resume:  # the run's own settings, with what this command line asks on top (run() checks it)
-            state = resume_state(out, args.resume_from or "last.pt")
-            model, recipe = override(ModelConfig(**state["model"]), Recipe(**state["recipe"]), **overrides)
-            given = {k: state.get(k) if v is None else v for k, v in given.items()}
+            model, recipe, kept = resumable(out, args.resume_from or "last.pt", **overrides)
+            given = {k: kept[k] if v is None else v for k, v in given.items()}
         else:
             model, recipe = get_preset(args.preset or "quick", **overrides)
             given = dict(given, preset=args.preset or "quick", seed=args.seed or 0, test_curve=bool(args.test_curve))
         hardware.resolve_precision(hardware.resolve_device(args.device), args.precision)
+        check_selectable(recipe)
         if int(os.environ.get("RANK", "0")) == 0:
             check_writable(out)
         if args.deterministic:

@@ -54,12 +54,16 @@ def rng_state(loader, device) -> dict:
 
 
 def set_rng_state(state: dict, loader, device, rank: int = 0):
-    """Restore `rng_state`. A run of several processes keeps each rank's torch state in `state["ranks"]`."""
+    """Restore `rng_state`. A run of several processes keeps each rank's torch state in `state["ranks"]`; a rank
+    the checkpoint has no state for (a single-process run resumed under torchrun) takes one derived from it."""
     ranks = state.get("ranks") or []
     own = ranks[rank] if rank < len(ranks) else state
     torch.set_rng_state(own["torch"])
     if "cuda" in own and torch.device(device).type == "cuda":
         torch.cuda.set_rng_state(own["cuda"], device)
+    if rank and rank >= len(ranks):  # a checkpoint of fewer processes: a stream of this rank's own, derived from
+        derived = np.random.SeedSequence([rank, *own["torch"].tolist()]).generate_state(1)[0]  # the saved one
+        torch.manual_seed(int(derived))  # (else every new rank would draw rank 0's dropout masks)
     random.setstate((3, tuple(state["python"]), None))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     loader.generator.set_state(state["loader"])

@@ -16,9 +16,10 @@ import torch
 import torch.distributed as dist
 
 from mlp import checkpoint, data, hardware, plots, records
+from mlp.board import Board
 from mlp.evaluate import Views, predict
 from mlp.loop import Trainer, best_record, device_rng_state, fit, seed_everything
-from mlp.recipe import PRESETS, Recipe
+from mlp.recipe import PRESETS, Recipe, override
 from model import MLPNet, ModelConfig, count_params
 
 
@@ -96,6 +97,7 @@ def setup_distributed(device):
 
 
 RUN_FILES = ("run.json", "last.pt", "best.pt", "model.pt", "metrics.json", "curves.png")  # what a run writes
+KEPT_FILES = RUN_FILES[1:]  # what is worth keeping: run.json alone is a run that never finished an epoch
 
 
 def resume_state(out: Path, name: str = "last.pt") -> dict:
@@ -121,9 +123,49 @@ def resume_state(out: Path, name: str = "last.pt") -> dict:
         raise checkpoint.CheckpointError(f"{e}. Next good state: {offer}.") from None
 
 
+def resumable(out: Path, name: str = "last.pt", **overrides) -> tuple[ModelConfig, Recipe, dict]:
+    """The model, recipe and settings (`KEPT_ON_RESUME`) of the run in `out`, read from its checkpoint, with
+    `overrides` of model or recipe fields on top (None: the run's own): what `train.py --resume` and the
+    notebook's `resume = True` continue with (`run` refuses what a resume may not change)."""
+    state = resume_state(out, name)
+    model, recipe = override(ModelConfig(**state["model"]), Recipe(**state["recipe"]), **overrides)
+    return model, recipe, {k: state.get(k) for k in KEPT_ON_RESUME}
+
+
+def new_run_dir(parent: Path, prefix: str) -> Path:
+    """A new directory parent/prefix-YYYYmmdd-HHMMSS, made now (-2, -3, ... where that second is taken)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = parent / (f"{prefix}-{stamp}" + (f"-{i}" if i > 1 else ""))
+        with contextlib.suppress(FileExistsError):
+            path.mkdir()
+            return path
+    raise FileExistsError(f"{parent}/{prefix}-{stamp}-*: a thousand run directories made in one second")
+
+
+def latest_run(parent: Path, prefix: str) -> Path:
+    """The newest run directory parent/prefix-* (by its date-time name) that holds a checkpoint to resume."""
+    runs = sorted((p for p in parent.glob(f"{prefix}-*") if (p / "last.pt").exists()),
+                  key=lambda p: [int(t) for t in p.name[len(prefix) + 1:].split("-") if t.isdigit()])
+    if not runs:
+        raise checkpoint.CheckpointError(f"no run to resume: no {parent}/{prefix}-*/last.pt. Train one first "
+                                         f"(resume = False), or name the run to continue in out_dir")
+    return runs[-1]
+
+
+def check_selectable(recipe: Recipe):
+    """A run keeps the weights of its best validated epoch: it needs a validation split to choose on."""
+    if recipe.val_size == 0:
+        raise ValueError("val_size=0 leaves nothing to validate on, and a run keeps the weights of its best "
+                         "validated epoch; give val_size of at least 1 (the presets hold out 5,000)")
+
+
 def refuse_a_used_directory(out: Path):
-    """A fresh run never writes beside another run's files (its best.pt would pass for this run's)."""
-    found = [f for f in RUN_FILES if (out / f).exists()]
+    """A fresh run never writes beside another run's files (its best.pt would pass for this run's). A run that
+    stopped before its first checkpoint (bad data, settings, a diverged first epoch) left only run.json: a new
+    run may start there."""
+    found = [f for f in KEPT_FILES if (out / f).exists()]
     if found:
         raise ValueError(f"run directory {out} already holds a run ({', '.join(found)}). Continue that run with "
                          f"`python train.py --resume {out}` (notebook: resume = True), or choose another output "
@@ -156,6 +198,7 @@ class RunConfig:
 
 
 KEPT_ON_RESUME = ("preset", "seed", "train_limit", "eval_limit", "max_seconds", "test_curve")
+RESET_ON_RESUME = ("max_seconds",)  # a resume may give a new training-time budget (it counts the whole run)
 
 
 def resumed_settings(state: dict, model, recipe, given: dict, precision: str) -> tuple:
@@ -169,7 +212,7 @@ def resumed_settings(state: dict, model, recipe, given: dict, precision: str) ->
         differ += [f"{k}={v!r} (the run has {state['model'][k]!r})" for k, v in model.to_dict().items()
                    if v != state["model"][k]]
     differ += [f"{k}={v!r} (the run has {state.get(k)!r})" for k, v in given.items()
-               if k in KEPT_ON_RESUME and v != state.get(k)]
+               if k in KEPT_ON_RESUME and k not in RESET_ON_RESUME and v != state.get(k)]
     if precision != "auto" and precision != state["precision"]:
         differ.append(f"precision={precision!r} (the run has {state['precision']!r})")
     if differ:
@@ -177,12 +220,16 @@ def resumed_settings(state: dict, model, recipe, given: dict, precision: str) ->
             "a resumed run keeps its own settings; only its number of epochs may grow. This resume asks for "
             + "; ".join(differ) + ". Start a new run with another output directory to change them")
     done = state["epoch"]
-    if wanted["epochs"] < done:
-        raise checkpoint.CheckpointError(f"epochs={wanted['epochs']}: the run has already trained {done} epochs; "
-                                         f"a resume can keep or raise its number of epochs, not cut it")
+    if wanted["epochs"] < saved["epochs"]:  # a shorter schedule would cut the cosine the run trained on
+        raise checkpoint.CheckpointError(f"epochs={wanted['epochs']}: the run was made for {saved['epochs']} epochs "
+                                         f"({done} done); a resume can keep or raise its number of epochs, not cut "
+                                         f"it. Start a new run for a shorter schedule")
     extended = list(state.get("extended", []))
     if wanted["epochs"] != saved["epochs"]:
         extended.append(dict(at_epoch=done, epochs_from=saved["epochs"], epochs_to=wanted["epochs"]))
+    if "max_seconds" in given and given["max_seconds"] != state.get("max_seconds"):
+        extended.append(dict(at_epoch=done, max_seconds_from=state.get("max_seconds"),
+                             max_seconds_to=given["max_seconds"]))
     return ModelConfig(**state["model"]), Recipe(**wanted), extended
 
 
@@ -205,6 +252,7 @@ def start(model, recipe, cfg: RunConfig, out: Path | None, writer: bool) -> Star
         model, recipe, extended = resumed_settings(state, model, recipe, cfg.kept(), cfg.precision)
         kept = {k: state.get(k) for k in KEPT_ON_RESUME}  # (runs older than a setting lack it: None)
         kept["test_curve"] = bool(kept["test_curve"])
+        kept["max_seconds"] = cfg.max_seconds  # the budget this resume was given (train.py: the run's unless told)
         cfg = dataclasses.replace(cfg, **kept, precision=state["precision"])  # it continues in its own precision
         return Start(model, recipe, cfg, state["run_id"], state, extended)
     run_id = uuid.uuid4().hex[:12]
@@ -225,11 +273,11 @@ def quiet(line: str):
 
 
 class RunHooks:
-    """What `run` does around `fit`: the live curves, the checkpoint after each epoch, and when to stop (the
-    time budget, or `until`)."""
+    """What `run` does around `fit`: the live curves, the checkpoint and the TensorBoard events after each
+    epoch, and when to stop (the time budget, or `until`)."""
 
-    def __init__(self, trainer: Trainer, saver, animator, max_seconds, until):
-        self.trainer, self.saver, self.animator = trainer, saver, animator
+    def __init__(self, trainer: Trainer, saver, animator, board, max_seconds, until):
+        self.trainer, self.saver, self.animator, self.board = trainer, saver, animator, board
         self.max_seconds, self.until = max_seconds, until
 
     def progress(self, x, loss, acc):
@@ -238,6 +286,8 @@ class RunHooks:
     def after_epoch(self, trainer: Trainer):
         if self.saver:
             self.saver(trainer)
+        if self.board:  # after the checkpoint: what TensorBoard shows, a resume keeps
+            self.board.epoch(trainer.history[-1])
         if self.animator:
             r = trainer.history[-1]
             self.animator.add(r["epoch"], (None, None, *plots.validation_points(r))[:len(self.animator.legend)])
@@ -258,12 +308,15 @@ def run(model: ModelConfig | None, recipe: Recipe | None, cfg: RunConfig | None 
     `recipe.epochs`, which extends it (the cosine of the new length from the next step; metrics.json lists the
     extension under `extended`). `until(record)`: stop after an epoch for which it is true."""
     cfg = cfg or RunConfig()
+    if recipe is not None:
+        check_selectable(recipe)
     records.git_commit()  # read now: the code this run starts with
     rank, world, dev = setup_distributed(hardware.resolve_device(cfg.device))
     out = Path(cfg.out_dir) if cfg.out_dir else None
     writer = out is not None and rank == 0
-    with checkpoint.RunLock(out, cfg.command) if writer else contextlib.nullcontext():  # one run per directory
+    with contextlib.ExitStack() as runs:  # closed on the way out: the lock (one run per directory), the events
         if writer:
+            runs.enter_context(checkpoint.RunLock(out, cfg.command))
             for tmp in out.glob(".*.tmp"):
                 tmp.unlink()  # left by a crash mid-write; no live writer can own it while we hold the lock
         begin = start(model, recipe, cfg, out, writer)
@@ -287,7 +340,9 @@ def run(model: ModelConfig | None, recipe: Recipe | None, cfg: RunConfig | None 
             continue_from(trainer, begin.state, out, animator)
         meta = dict(run_id=begin.run_id, **cfg.kept(), extended=begin.extended, model=model.to_dict(),
                     recipe=recipe.to_dict(), precision=prec)
-        hooks = RunHooks(trainer, Checkpointer(out, meta, writer) if out else None, animator, cfg.max_seconds, until)
+        board = runs.enter_context(Board(out, len(loaders[0]), resumed_at=len(trainer.history))) if writer else None
+        hooks = RunHooks(trainer, Checkpointer(out, meta, writer) if out else None, animator, board, cfg.max_seconds,
+                         until)
         fit(trainer, after_epoch=hooks.after_epoch, on_progress=hooks.progress if animator else None, log=say,
             progress=cfg.progress and rank == 0, until=hooks.stop)
         if trainer.interrupted:
@@ -307,6 +362,7 @@ def run(model: ModelConfig | None, recipe: Recipe | None, cfg: RunConfig | None 
                                           extended=begin.extended,
                                           capped=hooks.over_budget() and len(trainer.history) < recipe.epochs,
                                           **({"max_seconds": cfg.max_seconds} if cfg.max_seconds else {})))
+            board.results(metrics)
             say(f"best val acc {metrics['val_acc']:.4f} (epoch {metrics['best_epoch']}), test acc {test_acc:.4f}, "
                 f"{metrics['train_seconds']:.0f}s training. Wrote {out}/metrics.json, model.pt, curves.png")
         return Run(net, trainer.history, test_acc, metrics, loaders, (preds, labels))
@@ -324,9 +380,12 @@ def introduction(begin: Start, net, images: int, world: int) -> str:
     line = f"preset {cfg.preset}: {count_params(net):,} parameters, {images * world:,} training images"
     line += f" in {world} shards of {images:,}" if world > 1 else ""
     line += f"; validation and test on their first {cfg.eval_limit:,} images only" if cfg.eval_limit else ""
-    last = begin.extended[-1] if begin.extended else None
-    if last and begin.state is not None and last["at_epoch"] == begin.state["epoch"]:
-        line += f"\nextending the run from {last['epochs_from']} to {last['epochs_to']} epochs"
+    for change in begin.extended if begin.state is not None else []:
+        if change["at_epoch"] == begin.state["epoch"] and "epochs_to" in change:
+            line += f"\nextending the run from {change['epochs_from']} to {change['epochs_to']} epochs"
+        elif change["at_epoch"] == begin.state["epoch"]:
+            line += (f"\nits training-time budget: {change['max_seconds_to']} s (was {change['max_seconds_from']}), "
+                     f"counting the {sum(r['seconds'] for r in begin.state['history']):.0f} s trained so far")
     return line
 
 

@@ -33,8 +33,10 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("best val acc") == 1, "only rank 0 reports"
     assert "in 2 shards of 1,500" in r.stdout
-    assert sorted(p.name for p in ddp.iterdir()) == [".lock", "best.pt", "curves.png", "last.pt", "metrics.json",
-                                                     "model.pt", "run.json"]
+    files = sorted(p.name for p in ddp.iterdir())
+    assert [f for f in files if not f.startswith("events.out.tfevents.")] == [
+        ".lock", "best.pt", "curves.png", "last.pt", "metrics.json", "model.pt", "run.json"]
+    assert len(files) == 8, "one TensorBoard event file: rank 0's"
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (single, ddp))
     assert b["world_size"] == 2 and a["world_size"] == 1
     # The metrics are all-reduced over both processes: every epoch counts all 3,000 images, not one shard's.

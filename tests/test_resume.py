@@ -8,6 +8,8 @@ import torch
 
 from conftest import finished_run, start_train_py, train_cli, train_here, train_py, wait_for, without_timing
 from mlp import checkpoint
+from mlp.data import FastLoader
+from mlp.loop import set_rng_state
 from mlp.recipe import get_preset
 from mlp.runner import RunConfig, quiet, run
 
@@ -35,6 +37,14 @@ def straight(tmp_path_factory):
 @pytest.fixture(scope="module")
 def straight_raw(tmp_path_factory):
     return finished_run(tmp_path_factory, *SMALL, *RAW, "--epochs", "2")
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory):
+    """`straight`'s run, stopped by a training-time budget after its first epoch of two."""
+    out = finished_run(tmp_path_factory, *SMALL, "--epochs", "2", "--max-seconds", "0.001")
+    assert json.loads((out / "metrics.json").read_text())["capped"] is True
+    return out
 
 
 @pytest.mark.parametrize("ema", [False, True], ids=["adamw-weights", "muon-ema"])
@@ -69,7 +79,8 @@ def test_ctrl_c_stops_saves_and_says_how_to_resume(tmp_path):
 
 def test_resuming_with_another_config_is_one_clear_error(straight):
     """The notebook resumes with its own preset: a different one is refused before anything is written."""
-    files = lambda: {p.name: p.stat().st_mtime_ns for p in straight.iterdir() if p.name != ".lock"}  # noqa: E731
+    def files():
+        return {p.name: p.stat().st_mtime_ns for p in straight.iterdir() if p.name != ".lock"}
     before = files()
     with pytest.raises(checkpoint.CheckpointError, match="a resumed run keeps its own settings") as e:
         run(*get_preset("seed"), RunConfig(preset="sprint", train_limit=1500, eval_limit=500, out_dir=straight,
@@ -99,10 +110,62 @@ def test_same_seed_gives_identical_metrics(straight, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_hint_and_keeps_no_bad_files(tmp_path):
+    """A run that diverges in its first epoch leaves nothing worth keeping (run.json alone): the same command
+    with a sane rate may start there again."""
     out = tmp_path / "nan"
     r = train_here(*SMALL, "--epochs", "2", "--lr", "1e12", "--out", str(out))
     assert r.returncode != 0 and "learning rate" in r.stderr and "Traceback" not in r.stderr
     assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
+    assert not (out / "last.pt").exists() and (out / "run.json").exists()
+    r = train_here(*SMALL, "--epochs", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "metrics.json").read_text())["run_id"] == json.loads((out / "run.json").read_text())["run_id"]
+
+
+def test_a_resume_cannot_cut_the_schedule_the_run_was_made_for(capped):
+    """A 2-epoch run stopped after epoch 1: --epochs 1 would end its cosine half-way; refused, in one line."""
+    before = files_of(capped)
+    r = train_here("--resume", str(capped), "--epochs", "1", "--quiet")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    assert "epochs=1: the run was made for 2 epochs (1 done)" in r.stderr
+    assert files_of(capped) == before
+
+
+def test_a_capped_run_continues_with_a_new_budget(capped, straight, tmp_path):
+    """--max-seconds on a resume is the whole run's new budget: the capped run goes on to its last epoch,
+    bit for bit the uncapped run, and the record says the budget changed."""
+    out = copy_run(capped, tmp_path / "more")
+    r = train_here("--resume", str(out), "--max-seconds", "1e9", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "its training-time budget: 1000000000.0 s (was 0.001)" in r.stdout and "epochs 2-2" in r.stdout
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, out))
+    assert b["capped"] is False and b["epochs"] == 2 and b["max_seconds"] == 1e9
+    assert b["extended"] == [dict(at_epoch=1, max_seconds_from=0.001, max_seconds_to=1e9)]
+    assert without_timing(a["history"]) == without_timing(b["history"]) and a["test_acc"] == b["test_acc"]
+
+
+def test_a_rank_the_checkpoint_has_no_state_for_draws_a_stream_of_its_own(straight):
+    """A single-process checkpoint resumed under torchrun: rank 0 continues the saved stream; every other
+    rank takes its own, derived from it (the same each time), not rank 0's dropout masks."""
+    state = load_checkpoint(straight / "last.pt")["rng"]
+    assert "ranks" not in state
+    loader = FastLoader(torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), 2)
+    draws = []
+    for rank in (0, 1, 2, 1):
+        set_rng_state(state, loader, "cpu", rank)
+        draws.append(torch.rand(8))
+    torch.set_rng_state(state["torch"])
+    assert torch.equal(draws[0], torch.rand(8)), "rank 0: the saved stream"
+    assert not torch.equal(draws[1], draws[0]) and not torch.equal(draws[2], draws[0])
+    assert not torch.equal(draws[1], draws[2]) and torch.equal(draws[1], draws[3])
+
+
+def test_a_run_without_a_validation_split_is_refused_before_anything_is_written(tmp_path):
+    """val_size=0 would leave every validation NaN and keep no epoch's weights."""
+    out = tmp_path / "noval"
+    r = train_here(*SMALL, "--epochs", "1", "--set", "val_size=0", "--out", str(out))
+    assert r.returncode == 1 and "val_size=0 leaves nothing to validate on" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
 
 
 def test_unwritable_run_directory_fails_before_training(tmp_path):
@@ -180,7 +243,7 @@ def copy_run(src, dst):
     (["--train-limit", "1000"], "train_limit=1000 (the run has 1500)"),
     (["--eval-limit", "100"], "eval_limit=100 (the run has 500)"),
     (["--precision", "OTHER"], "precision='OTHER' (the run has 'OWN')"),
-    (["--epochs", "1"], "epochs=1: the run has already trained 2 epochs"),
+    (["--epochs", "1"], "epochs=1: the run was made for 2 epochs (2 done)"),
 ])
 def test_resume_refuses_every_changed_setting_by_name_and_writes_nothing(straight, args, named, request):
     """One case as a process of its own; the others through the same `train.main` in this process."""
@@ -239,7 +302,7 @@ def test_a_fresh_run_into_a_used_run_directory_is_refused_naming_what_is_there(s
     before = files_of(straight)
     r = train_here(*SMALL, "--epochs", "2", "--out", str(straight))
     assert r.returncode == 1 and "Traceback" not in r.stderr and "training on" not in r.stdout
-    assert f"run directory {straight} already holds a run (run.json, last.pt, best.pt, model.pt" in r.stderr
+    assert f"run directory {straight} already holds a run (last.pt, best.pt, model.pt, metrics.json" in r.stderr
     assert f"--resume {straight}" in r.stderr and "another output directory" in r.stderr
     assert files_of(straight) == before
 

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -267,16 +268,36 @@ def test_train_py_bad_input_fails_cleanly_before_writing(tmp_path, args, message
     assert not out.exists()
 
 
-def test_notebook_runs_top_to_bottom_with_papermill(tmp_path, capfd):
-    out = tmp_path / "nb-run"
-    executed = tmp_path / "executed.ipynb"
+def execute_notebook(executed, **parameters):
     notebook.execute(str(ROOT / "notebooks" / "fashion_mnist_mlp.ipynb"), str(executed),
-                        parameters=dict(epochs=2, batch_size=64, train_limit=3000, eval_limit=500, out_dir=str(out)),
-                        cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
+                     parameters={**dict(epochs=2, batch_size=64, train_limit=3000, eval_limit=500), **parameters},
+                     cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
     nb = nbformat.read(executed, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
-    train_cell = next(c for c in nb.cells if "run(" in c.source)
+    assert not errors, errors
+    return nb
+
+
+@pytest.fixture
+def notebook_runs():
+    """The run directories the notebook makes under runs/ with its default out_dir: removed afterwards."""
+    before = set((ROOT / "runs").glob("notebook-*"))
+    yield
+    for d in set((ROOT / "runs").glob("notebook-*")) - before:
+        shutil.rmtree(d)
+
+
+def test_notebook_runs_top_to_bottom_with_papermill_twice_then_resumes(tmp_path, capfd, notebook_runs):
+    """Executed twice with its defaults (make lab's Run All, twice): two runs in two new directories, nothing
+    refused or overwritten. Then `resume = True, epochs = 3` continues the latest of them, with its own
+    settings, to 3 epochs."""
+    before = set((ROOT / "runs").glob("notebook-*"))
+    nb = execute_notebook(tmp_path / "first.ipynb")
+    execute_notebook(tmp_path / "second.ipynb")
+    runs = sorted(set((ROOT / "runs").glob("notebook-*")) - before)
+    assert len(runs) == 2 and all((d / "metrics.json").exists() for d in runs), runs
+    out = runs[0]
+    train_cell = next(c for c in nb.cells if "run(model_cfg" in c.source)
     assert "net=net" in train_cell.source and "result.net is net" in train_cell.source, "it trains the net it built"
     streams = [o.text for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "stream"]
     assert not [s for s in streams if "warn" in s.lower()], "no warning the user did not cause"
@@ -292,6 +313,16 @@ def test_notebook_runs_top_to_bottom_with_papermill(tmp_path, capfd):
     check_live_curves(m)
     assert m["eval_limit"] == 500 and m["val_images"] == m["test_images"] == 500 and m["eval_views"] == 10
     assert (out / "model.pt").exists() and (out / "curves.png").exists()
+    assert list(out.glob("events.out.tfevents.*")), "TensorBoard's event files"
+    own_images = next(c for c in nb.cells if "predict_files(" in c.source)
+    assert f"classifying with {out / 'model.pt'}" in own_images.outputs[0].text
+    resumed = execute_notebook(tmp_path / "resumed.ipynb", resume=True, epochs=3, train_limit=None, preset="seed")
+    setup = next(c for c in resumed.cells if "resumable(" in c.source)
+    assert f"resuming {runs[1]}" in "".join(o.text for o in setup.outputs if o.output_type == "stream")
+    m = json.loads((runs[1] / "metrics.json").read_text())
+    assert m["preset"] == "quick" and m["train_limit"] == 3000, "the run's own settings, not the parameters'"
+    assert m["epochs"] == 3 and m["extended"] == [dict(at_epoch=2, epochs_from=2, epochs_to=3)]
+    assert sorted(set((ROOT / "runs").glob("notebook-*")) - before) == runs, "no new directory"
 
 
 def test_no_warnings_the_user_did_not_cause(recwarn):
