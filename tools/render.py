@@ -1,10 +1,10 @@
 """Render the result tables of README.md and docs/*.md from the JSON files in results/ (no hand-typed
 numbers).
 
-    python tools/render.py           # rewrite the marked blocks
-    python tools/render.py --check   # exit 1 if a page is out of date
-    python tools/render.py --record runs/NAME   # keep a `make run` as results/make_run_cpu.json (+ curves)
-    python tools/render.py --record-run runs/A runs/B   # keep train.py runs as results/runs/A.json ...
+    python -m tools.render           # rewrite the marked blocks
+    python -m tools.render --check   # exit 1 if a page is out of date
+    python -m tools.render --record runs/NAME   # keep a `make run` as results/make_run_cpu.json (+ curves)
+    python -m tools.render --record-run runs/A runs/B   # keep train.py runs as results/runs/A.json ...
 
 A block is the text between `<!-- results:NAME -->` and `<!-- /results:NAME -->`; NAME picks the renderer.
 """
@@ -17,10 +17,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable as `python tools/render.py` from anywhere
+from mlp import records  # torch-free: rendering needs no torch
 
-from mlp import records  # noqa: E402  (torch-free: rendering needs no torch)
+ROOT = Path(__file__).resolve().parents[1]
 
 HERE = ROOT / "results"  # the recorded data
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # the pages with rendered blocks
@@ -378,6 +377,54 @@ def plot_frontier(folder: Path, png: Path):
     fig.savefig(png, dpi=110)
 
 
+def seeds_of(model: dict, runs: list[dict]) -> list[dict]:
+    """The recorded runs of the shipped model's configuration on its hardware and precision: the same model
+    config, the same recipe (on the fields both records have), all the data, the full schedule."""
+    def same(r):
+        recipe = r.get("recipe") or {}
+        return (r.get("model") == model["model"] and r["hardware"] == model["hardware"]
+                and r["precision"] == model["precision"] and full_data(r) and not r.get("capped")
+                and not r.get("extended") and all(recipe[k] == v for k, v in model["recipe"].items() if k in recipe))
+    return sorted((r for r in runs if same(r)), key=lambda r: r["seed"])
+
+
+def render_model_card(folder: Path) -> str:
+    """The shipped model (results/model/): what it is, how it was made and chosen, its test accuracy and its
+    preset's over seeds."""
+    m = load(folder / "model" / "metrics.json", (*RUN_KEYS, "model", "recipe", "params"))
+    e = load(folder / "model" / "evaluation.json", ("test_acc", "per_class", "precision", "eval_views", "command"))
+    rs = seeds_of(m, load_runs(folder))
+    (te, te_sd), (va, va_sd) = (records.mean_std([r[k] for r in rs]) for k in ("test_acc", "val_acc"))
+    chosen = max(rs, key=lambda r: r["val_acc"]) if rs else None
+    size = (folder / "model" / "model.pt").stat().st_size
+    rows = [("file", f"`results/model/model.pt` ({size / 1e3:.0f} kB: model config and weights), "
+                     f"`metrics.json` beside it"),
+            ("network", f"`{m['preset']}`: {network(m)}; {m['params']:,} parameters"),
+            ("trained by", f"`{m['command']}` at commit {m['git_commit'][:7]}: {m['epochs']} epochs, "
+                           f"{m['train_seconds']:.0f} s, {m['hardware']}, {m['precision']}"),
+            ("chosen on validation", f"seed {m['seed']}, the best validation accuracy ({pct(m['val_acc'])}) of "
+                                     f"the {len(rs)} recorded seeds below" + (
+                                         "" if chosen and chosen["seed"] == m["seed"] else " (NOT the best: re-choose)")),
+            ("test accuracy, this model", f"**{pct(m['test_acc'])}** (10,000 test images, {e['eval_views']} views, "
+                                          f"{e['precision']}; recomputed from the file by `{e['command']}`: "
+                                          f"{pct(e['test_acc'])})"),
+            (f"test accuracy, `{m['preset']}` over {len(rs)} seeds", f"{100 * te:.2f} ± {100 * te_sd:.2f} % "
+             f"(validation {100 * va:.2f} ± {100 * va_sd:.2f} %; "
+             f"{', '.join(r['file'].removesuffix('.json') for r in rs)} in results/runs/)")]
+    return table(rows)
+
+
+def render_model_classes(folder: Path) -> str:
+    """Per-class test accuracy of the shipped model, worst first, with the class each is most often taken for."""
+    e = load(folder / "model" / "evaluation.json", ("per_class", "confusion", "labels"))
+    lines = ["| class | test accuracy | most often mistaken for |", "| --- | ---: | --- |"]
+    for i, name in sorted(enumerate(e["labels"]), key=lambda t: e["per_class"][t[1]]):
+        row = e["confusion"][i]
+        j = max((k for k in range(len(row)) if k != i), key=lambda k: row[k])
+        lines.append(f"| {name} | {pct(e['per_class'][name])} | {e['labels'][j]} ({row[j]} of {sum(row)}) |")
+    return "\n".join(lines)
+
+
 def table(rows) -> str:
     return "\n".join(["| what | value |", "| --- | --- |", *[f"| {a} | {b} |" for a, b in rows]])
 
@@ -387,7 +434,8 @@ RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": 
              "profile": render_profile, "muon_ns": render_muon_ns, "live_overhead": render_live_overhead,
              "presets": render_presets, "targets": render_targets,
              "presets_all": lambda folder: render_presets(folder, superseded=True),
-             "seed_curve": render_seed_curve, "patch_study": render_patch_study, "best_probe": render_best_probe}
+             "seed_curve": render_seed_curve, "patch_study": render_patch_study, "best_probe": render_best_probe,
+             "model_card": render_model_card, "model_classes": render_model_classes}
 
 
 def render(text: str, folder: Path = HERE) -> str:
@@ -441,7 +489,7 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     stale = [f for f in pages if rendered[f] != pages[f]]
     if args.check:
-        sys.exit(f"out of date: {', '.join(map(str, stale))}; run python tools/render.py" if stale else 0)
+        sys.exit(f"out of date: {', '.join(map(str, stale))}; run python -m tools.render" if stale else 0)
     for f in stale:
         records.atomic_write(f, rendered[f])
         print(f"updated {f}")
