@@ -57,6 +57,17 @@ class Board:
         self.writer.close()
 
 
+def open_board(run_dir: Path, steps_per_epoch: int, resumed_at: int, say) -> Board | None:
+    """The run's event writer, or None (and one line saying so) where the tensorboard package is missing: a
+    machine with torch alone (the GPU programme's) still trains, without event files."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        say("no TensorBoard event files: the tensorboard package is not installed (pip install tensorboard)")
+        return None
+    return Board(run_dir, steps_per_epoch, resumed_at)
+
+
 def hparams_of(metrics: dict) -> dict:
     """The settings a run was made with, as TensorBoard's hparams take them (bool, int, float, str): the
     preset, seed, precision, hardware, and every model and recipe field (lists as JSON)."""

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from mlp import checkpoint, data, hardware, plots, records
-from mlp.board import Board
+from mlp.board import open_board
 from mlp.evaluate import Views, predict
 from mlp.loop import Trainer, best_record, device_rng_state, fit, seed_everything
 from mlp.recipe import PRESETS, Recipe, override
@@ -340,7 +340,9 @@ def run(model: ModelConfig | None, recipe: Recipe | None, cfg: RunConfig | None 
             continue_from(trainer, begin.state, out, animator)
         meta = dict(run_id=begin.run_id, **cfg.kept(), extended=begin.extended, model=model.to_dict(),
                     recipe=recipe.to_dict(), precision=prec)
-        board = runs.enter_context(Board(out, len(loaders[0]), resumed_at=len(trainer.history))) if writer else None
+        board = open_board(out, len(loaders[0]), len(trainer.history), say) if writer else None
+        if board:
+            runs.enter_context(board)
         hooks = RunHooks(trainer, Checkpointer(out, meta, writer) if out else None, animator, board, cfg.max_seconds,
                          until)
         fit(trainer, after_epoch=hooks.after_epoch, on_progress=hooks.progress if animator else None, log=say,
@@ -362,7 +364,8 @@ def run(model: ModelConfig | None, recipe: Recipe | None, cfg: RunConfig | None 
                                           extended=begin.extended,
                                           capped=hooks.over_budget() and len(trainer.history) < recipe.epochs,
                                           **({"max_seconds": cfg.max_seconds} if cfg.max_seconds else {})))
-            board.results(metrics)
+            if board:
+                board.results(metrics)
             say(f"best val acc {metrics['val_acc']:.4f} (epoch {metrics['best_epoch']}), test acc {test_acc:.4f}, "
                 f"{metrics['train_seconds']:.0f}s training. Wrote {out}/metrics.json, model.pt, curves.png")
         return Run(net, trainer.history, test_acc, metrics, loaders, (preds, labels))

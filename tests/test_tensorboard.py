@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import train_here
+from conftest import ROOT, train_here
 
 SMALL = ["--preset", "sprint", "--batch-size", "64", "--train-limit", "1500", "--eval-limit", "500", "--quiet",
          "--device", "cpu"]
@@ -104,3 +104,15 @@ def test_a_tensorboard_server_serves_the_runs_scalars(runs):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_without_the_tensorboard_package_a_run_trains_and_says_so(tmp_path):
+    """The GPU programme runs on a machine's own python with torch alone: there a run writes no event files and
+    says so in one line, and trains as anywhere."""
+    out = tmp_path / "plain"
+    code = ("import sys; sys.modules['tensorboard'] = None; import train; "
+            f"train.main({[*SMALL, '--epochs', '1', '--out', str(out)]!r})")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "no TensorBoard event files: the tensorboard package is not installed" in r.stdout
+    assert (out / "metrics.json").exists() and not list(out.glob("events.out.tfevents.*"))
