@@ -217,8 +217,9 @@ def resumed_settings(state: dict, model, recipe, given: dict, precision: str) ->
         differ.append(f"precision={precision!r} (the run has {state['precision']!r})")
     if differ:
         raise checkpoint.CheckpointError(
-            "a resumed run keeps its own settings; only its number of epochs may grow. This resume asks for "
-            + "; ".join(differ) + ". Start a new run with another output directory to change them")
+            "a resumed run keeps its own settings; only its number of epochs may grow and its time budget change. "
+            "This resume asks for " + "; ".join(differ)
+            + ". Start a new run with another output directory to change them")
     done = state["epoch"]
     if wanted["epochs"] < saved["epochs"]:  # a shorter schedule would cut the cosine the run trained on
         raise checkpoint.CheckpointError(f"epochs={wanted['epochs']}: the run was made for {saved['epochs']} epochs "
