@@ -3,7 +3,7 @@
 # make lab   open Jupyter Lab on the project's venv
 # make bench the side-by-side training speed benchmark -> bench.json
 # make study the patch-size study notebook -> results/patch_study.json and .png
-# make seeds PRESET=best SEEDS="0 1 2" TAG=gpu   train.py runs kept in results/runs/
+# make seeds PRESET=best SEEDS="0 1 2" TAG=gpu   train.py runs kept in results/runs/ (FORCE=1 replaces records)
 # make seed-curve EPOCHS=3   the seed network, test accuracy after every epoch, kept in results/runs/
 # make gpu-results           every GPU result in one command (no venv: the machine's own python3 + torch)
 # make tensorboard           TensorBoard over runs/ on http://localhost:6006 (every run writes its events there)
@@ -73,14 +73,23 @@ study: data
 	$(PY) -m mlp.notebook --cwd notebooks notebooks/patch_size_study.ipynb $(RUN)/patch_size_study.ipynb $(ARGS)
 	$(PY) -m tools.render
 
+# A record in results/ is a result the tables cite: refused before training if it exists; FORCE=1 replaces it.
+REPLACE := $(if $(FORCE),--force)
+define refuse_existing
+	@for f in $(1); do if [ -e $$f ] && [ -z "$(FORCE)" ]; then \
+		echo "error: $$f already holds a record; choose another TAG/NAME, or FORCE=1 to replace it" >&2; exit 1; fi; done
+endef
+
 seeds: data
+	$(call refuse_existing,$(foreach s,$(SEEDS),results/runs/$(PRESET)-$(TAG)-seed$(s).json))
 	for s in $(SEEDS); do \
 		$(PY) train.py --preset $(PRESET) --seed $$s --out runs/$(PRESET)-$(TAG)-seed$$s --quiet $(ARGS) || exit 1; done
-	$(PY) -m tools.render --record-run $(foreach s,$(SEEDS),runs/$(PRESET)-$(TAG)-seed$(s))
+	$(PY) -m tools.render $(REPLACE) --record-run $(foreach s,$(SEEDS),runs/$(PRESET)-$(TAG)-seed$(s))
 
 seed-curve: data
+	$(call refuse_existing,results/runs/seed-curve-$(TAG).json)
 	$(PY) train.py --preset seed --epochs $(EPOCHS) --test-curve --out runs/seed-curve-$(TAG) --quiet $(ARGS)
-	$(PY) -m tools.render --record-run runs/seed-curve-$(TAG)
+	$(PY) -m tools.render $(REPLACE) --record-run runs/seed-curve-$(TAG)
 
 # On a CUDA machine, with or without a venv; FASHION_MNIST_DIR=... where the data was carried along.
 gpu-results:
@@ -89,8 +98,9 @@ gpu-results:
 
 # One frontier trial: train.py with a training-time budget, fp32, kept in results/trials/$(NAME).json.
 trial: data
+	$(call refuse_existing,results/trials/$(NAME).json)
 	$(PY) train.py --precision fp32 --max-seconds $(BUDGET) --out runs/$(NAME) --quiet $(ARGS)
-	$(PY) -m tools.render --record-trial runs/$(NAME)
+	$(PY) -m tools.render $(REPLACE) --record-trial runs/$(NAME)
 
 # LAB_ARGS: more jupyter lab options (the browser test passes a port, a token and --no-browser).
 lab: $(STAMP)

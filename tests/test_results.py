@@ -225,6 +225,25 @@ def test_max_seconds_caps_a_trial_and_the_record_says_so(tmp_path):
                         "--readme", str(tmp_path / "x.md")], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "trials" / "capped.json").read_text())["capped"] is True
+    again = [sys.executable, "-m", "tools.render", "--record-trial", str(out), "--results", str(tmp_path),
+             "--readme", str(tmp_path / "x.md")]
+    before = (tmp_path / "trials" / "capped.json").read_bytes()
+    r = subprocess.run(again, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1 and f"{tmp_path / 'trials' / 'capped.json'} already holds a record" in r.stderr
+    assert "--force (make: FORCE=1)" in r.stderr and (tmp_path / "trials" / "capped.json").read_bytes() == before
+    r = subprocess.run([*again, "--force"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and f"replacing {tmp_path / 'trials' / 'capped.json'}" in r.stdout, r.stderr
+
+
+def test_make_seeds_refuses_to_overwrite_a_record_before_training():
+    """`make seeds` of a record that exists stops before any training, naming it (FORCE=1 would replace it)."""
+    record = ROOT / "results" / "runs" / "quick-avx2-seed0.json"
+    before = record.read_bytes()
+    r = subprocess.run(["make", "-s", "seeds", "PRESET=quick", "TAG=avx2", "SEEDS=0"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and "error: results/runs/quick-avx2-seed0.json already holds a record" in r.stderr
+    assert "FORCE=1 to replace it" in r.stderr and "training on" not in r.stdout
+    assert not (ROOT / "runs" / "quick-avx2-seed0").exists() and record.read_bytes() == before
 
 
 def test_muon_ns_renders_one_row_per_machine_and_refuses_a_malformed_file(tmp_path):

@@ -447,18 +447,25 @@ def render(text: str, folder: Path = HERE) -> str:
     return re.sub(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", block, text, flags=re.S)
 
 
-def record_run(run: Path, folder: Path = HERE, kind: str = "runs"):
-    """Keep a train.py run's metrics.json as results/<kind>/<run name>.json (no checkpoints)."""
+def record_run(run: Path, folder: Path = HERE, kind: str = "runs", force: bool = False):
+    """Keep a train.py run's metrics.json as results/<kind>/<run name>.json (no checkpoints). An existing record
+    is a result a table may cite: it is replaced only with `force`, and then it says so."""
     metrics = load(run / "metrics.json", RUN_KEYS)
+    target = folder / kind / f"{run.name}.json"
+    if target.exists() and not force:
+        raise ResultsError(f"{target} already holds a record; give the run another name, or replace the record with "
+                           f"--force (make: FORCE=1)")
+    if target.exists():
+        print(f"replacing {target}")
     (folder / kind).mkdir(exist_ok=True)
-    records.atomic_write(folder / kind / f"{run.name}.json", json.dumps(metrics, indent=2))
+    records.atomic_write(target, json.dumps(metrics, indent=2))
 
 
-def record(run: Path, folder: Path = HERE):
+def record(run: Path, folder: Path = HERE, force: bool = False):
     metrics = load(run / "metrics.json", ("test_acc", "val_acc", "history"))
     metrics.update(load(run / "wall.json", ("notebook_wall_seconds",)), command=f"make run NAME={run.name}")
     records.atomic_write(folder / "make_run_cpu.json", json.dumps(metrics, indent=2))
-    record_run(run, folder)  # also one of its preset's runs
+    record_run(run, folder, force=force)  # also one of its preset's runs
     records.atomic_write(folder / "curves_make_run_cpu.png", (run / "curves.png").read_bytes())
 
 
@@ -474,15 +481,16 @@ def main(argv=None):
                    help="keep train.py runs that were tried and not adopted as results/trials/<name>.json")
     p.add_argument("--record", metavar="RUN_DIR", help="copy a make-run directory's metrics.json + wall.json "
                    "into results/make_run_cpu.json and its curves.png beside it, then render")
+    p.add_argument("--force", action="store_true", help="with --record*: replace a record of the same name")
     args = p.parse_args(argv)
     folder = Path(args.results)
     try:
         if args.record:
-            record(Path(args.record), folder)
+            record(Path(args.record), folder, args.force)
         for run in args.record_run:
-            record_run(Path(run), folder)
+            record_run(Path(run), folder, force=args.force)
         for run in args.record_trial:
-            record_run(Path(run), folder, kind="trials")
+            record_run(Path(run), folder, kind="trials", force=args.force)
         pages = {Path(f): Path(f).read_text() for f in args.readme}
         rendered = {f: render(text, folder) for f, text in pages.items()}  # all or nothing: no file half-updated
     except ResultsError as e:
