@@ -23,7 +23,7 @@ from mlp.data import (  # noqa: F401
     load_arrays,
     loaders,
 )
-from mlp.evaluate import Views, evaluate_accuracy, model_device, predict  # noqa: F401
+from mlp.evaluate import Views, confusion_matrix, evaluate_accuracy, model_device, predict  # noqa: F401
 from mlp.hardware import autocast, cpu_workers, resolve_device, resolve_precision  # noqa: F401
 from mlp.hardware import describe as hardware  # noqa: F401
 from mlp.plots import Animator, draw_history, training_animator  # noqa: F401
@@ -101,10 +101,6 @@ def accuracy(y_hat, y):
     if y_hat.dim() > 1 and y_hat.shape[1] > 1:
         y_hat = y_hat.argmax(dim=1)
     return float((y_hat.type(y.dtype) == y).sum())
-
-
-def confusion_matrix(preds, labels, n=10):
-    return torch.bincount(labels * n + preds, minlength=n * n).reshape(n, n)
 
 
 def show_images(imgs, num_rows, num_cols, titles=None, scale=1.5):

@@ -84,3 +84,8 @@ def predict(net, data_iter, device=None, precision="fp32", views: Views = ONE):
             preds.append(logits(net, X.to(device), views).argmax(dim=1).cpu())
         labels.append(y.cpu())
     return torch.cat(preds), torch.cat(labels)
+
+
+def confusion_matrix(preds, labels, n=10) -> torch.Tensor:
+    """[n, n] counts: row the true class, column the prediction."""
+    return torch.bincount(labels * n + preds, minlength=n * n).reshape(n, n)

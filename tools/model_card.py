@@ -15,7 +15,7 @@ import torch
 
 from mlp import data, hardware, records
 from mlp.checkpoint import load_model
-from mlp.evaluate import Views, predict
+from mlp.evaluate import Views, confusion_matrix, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "results" / "model"
@@ -27,11 +27,12 @@ def evaluate(folder: Path = MODEL) -> dict:
     a = data.load_arrays()
     test = data.FastLoader(a["test_x"], a["test_y"], rec["recipe"]["batch_size"])  # the batches the run tested in
     device = torch.device("cpu")
-    preds, labels = predict(net, test, device, rec["precision"], Views.of(net.cfg))
-    cm = torch.bincount(labels * 10 + preds, minlength=100).reshape(10, 10)
+    views = Views.of(net.cfg)
+    preds, labels = predict(net, test, device, rec["precision"], views)
+    cm = confusion_matrix(preds, labels)
     return dict(test_acc=float((preds == labels).sum()) / len(labels), test_images=len(labels),
                 per_class={name: int(cm[i, i]) / int(cm[i].sum()) for i, name in enumerate(data.LABELS)},
-                confusion=cm.tolist(), labels=data.LABELS, precision=rec["precision"], eval_views=Views.of(net.cfg).count,
+                confusion=cm.tolist(), labels=data.LABELS, precision=rec["precision"], eval_views=views.count,
                 hardware=hardware.describe(device), torch=torch.__version__, git_commit=records.git_commit(),
                 command="python -m tools.model_card", date=time.strftime("%Y-%m-%d"))
 
