@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from mlp.nets import build_net, config_class, config_from
 from mlp.records import atomic_write
-from model import MLPNet, ModelConfig
 
 FORMAT = 2  # 1: the layout before model config and recipe were separated (a single "config")
 
@@ -60,22 +60,22 @@ def evaluated_weights(ckpt: dict):
     return ckpt.get("state_dict") or (ckpt.get("ema") or {}).get("weights") or ckpt.get("weights")
 
 
-def load_model(path) -> MLPNet:
-    """A model.pt (or last.pt/best.pt) as an MLPNet in eval mode. The config and every tensor's shape are
-    checked before the network is built (a file of a few bytes may declare a terabyte-sized network); each
-    problem is one line of the error."""
+def load_model(path) -> torch.nn.Module:
+    """A model.pt (or last.pt/best.pt) as its network (an MLPNet or a baseline) in eval mode. The config and
+    every tensor's shape are checked before the network is built (a file of a few bytes may declare a
+    terabyte-sized network); each problem is one line of the error."""
     ckpt = load(path)
     weights = evaluated_weights(ckpt)
     if not isinstance(ckpt.get("model"), dict) or not isinstance(weights, dict):
         raise CheckpointError(f"{path} is not a model.pt written by this repo (it has no model config and weights)")
     problems = []
-    unknown = sorted(set(ckpt["model"]) - {f.name for f in dataclasses.fields(ModelConfig)})
+    unknown = sorted(set(ckpt["model"]) - {f.name for f in dataclasses.fields(config_class(ckpt["model"]))})
     if unknown:
         problems.append(f"unknown model config fields {unknown}")
     try:
-        cfg = ModelConfig(**{k: v for k, v in ckpt["model"].items() if k not in unknown})
+        cfg = config_from({k: v for k, v in ckpt["model"].items() if k not in unknown})
         with torch.device("meta"):  # shapes only: nothing is allocated
-            expected = {k: tuple(v.shape) for k, v in MLPNet(cfg).state_dict().items()}
+            expected = {k: tuple(v.shape) for k, v in build_net(cfg).state_dict().items()}
     except (TypeError, ValueError) as e:
         problems.append(str(e))
         expected = None
@@ -88,7 +88,7 @@ def load_model(path) -> MLPNet:
     if problems:
         raise CheckpointError(f"{path} holds a model config or weights this repo cannot build:\n  "
                               + "\n  ".join(problems))
-    net = MLPNet(cfg)
+    net = build_net(cfg)
     net.load_state_dict(weights)
     return net.eval()
 

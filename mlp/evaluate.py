@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from mlp.hardware import autocast
-from model import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -21,7 +20,7 @@ class Views:
     flip: bool = False
 
     @classmethod
-    def of(cls, cfg: ModelConfig) -> Views:
+    def of(cls, cfg) -> Views:  # a model.ModelConfig or baselines.BaselineConfig
         return cls(cfg.shift_tta, cfg.flip_tta)
 
     @property

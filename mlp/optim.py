@@ -9,10 +9,14 @@ from mlp import hardware
 from mlp.recipe import Recipe
 
 
+def decay_groups(params, recipe: Recipe) -> list[dict]:
+    """Weight decay on weights, none on biases and norm parameters (1-D tensors)."""
+    return [{"params": [p for p in params if p.dim() > 1], "weight_decay": recipe.weight_decay},
+            {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
+
+
 def _adamw(params, recipe: Recipe):
-    """AdamW without weight decay on biases and norm parameters (1-D tensors)."""
-    return torch.optim.AdamW([{"params": [p for p in params if p.dim() > 1], "weight_decay": recipe.weight_decay},
-                              {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}], lr=recipe.lr)
+    return torch.optim.AdamW(decay_groups(params, recipe), lr=recipe.lr)
 
 
 def orthogonalise(g: torch.Tensor, coefficients, steps: int, eps: float, dtype: torch.dtype) -> torch.Tensor:
@@ -74,6 +78,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def __init__(self, net, recipe: Recipe):
         matrices = [p for name, p in net.named_parameters() if name.startswith("backbone.") and p.dim() == 2]
+        if not matrices:
+            raise ValueError(f"optimizer='muon' needs a network with a backbone of weight matrices (the MLP "
+                             f"family); {type(net).__name__} has none: use adamw, nesterov or sgd")
         rest = [p for p in net.parameters() if all(p is not m for m in matrices)]
         ns_dtype = torch.bfloat16 if hardware.native_bf16(matrices[0].device) else torch.float32
         self.muon = Muon(matrices, ns_dtype=ns_dtype, lr=recipe.lr, weight_decay=recipe.weight_decay,
@@ -99,6 +106,10 @@ class MuonAdamW(torch.optim.Optimizer):
 def make_optimizer(net, recipe: Recipe):
     if recipe.optimizer == "adam":
         return torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer in ("sgd", "nesterov"):
+        nesterov = recipe.optimizer == "nesterov"
+        return torch.optim.SGD(decay_groups(list(net.parameters()), recipe), lr=recipe.lr,
+                               momentum=0.9 if nesterov else 0.0, nesterov=nesterov)
     return MuonAdamW(net, recipe) if recipe.optimizer == "muon" else _adamw(list(net.parameters()), recipe)
 
 

@@ -14,7 +14,10 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from baselines import BaselineConfig
 from model import TRAIN_IMAGES, BlockSpec, ModelConfig, mixer_blocks, windows_per_side
+
+OPTIMIZERS = ("adam", "adamw", "muon", "sgd", "nesterov")
 
 
 @dataclass
@@ -23,7 +26,8 @@ class Recipe:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 5e-4
-    optimizer: str = "adamw"            # "adam" | "adamw" (no decay on biases and norms) | "muon" (MuonAdamW)
+    optimizer: str = "adamw"            # "adam" | "adamw" (no decay on biases and norms) | "muon" (MuonAdamW) |
+                                        # "sgd" (plain, as d2l trains) | "nesterov" (SGD, Nesterov momentum 0.9)
     schedule: str = "cosine"            # "none" | "cosine" (per step, after linear warm-up) | "step"
     warmup_epochs: float = 0.0
     lr_drops: list[int] = field(default_factory=list)  # "step": epochs from which the rate is 10x lower
@@ -59,7 +63,7 @@ class Recipe:
         for name in ("erase", "label_smoothing", "ema"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
-        for name, allowed in (("optimizer", ("adam", "adamw", "muon")), ("schedule", ("none", "cosine", "step"))):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", ("none", "cosine", "step"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
         if self.lr_drops != sorted(self.lr_drops) or any(e < 2 for e in self.lr_drops):
@@ -87,7 +91,7 @@ class Recipe:
 
 @dataclass
 class Preset:
-    model: ModelConfig
+    model: ModelConfig | BaselineConfig
     recipe: Recipe
 
 
@@ -131,7 +135,19 @@ PRESETS["quick"] = Preset(
                         blocks=mixer_blocks(49, 64, depth=3, token_hidden=16, feature_hidden=256)),
     dataclasses.replace(PRESETS["long"].recipe, epochs=10, val_every=10, val_from=1))
 PRESETS["default"] = PRESETS["quick"]  # what `make run` and train.py train unless told otherwise
+# The baselines (baselines.py), with the recipes their book trains them with (d2l: plain SGD, a constant rate,
+# batch 256, 10 epochs), and the CNN with `quick`'s regularisation and views. tools/baselines.py searches from
+# these at each budget; what validation chose there are the `NAME-SECONDS` presets below.
+BOOK = Recipe(epochs=10, batch_size=256, lr=0.1, weight_decay=0.0, optimizer="sgd", schedule="none")
+PRESETS["softmax"] = Preset(BaselineConfig(arch="softmax"), BOOK)
+PRESETS["d2l-mlp"] = Preset(BaselineConfig(arch="d2l-mlp"), BOOK)
+PRESETS["lenet"] = Preset(BaselineConfig(arch="lenet"), dataclasses.replace(BOOK, lr=0.9))
+PRESETS["cnn"] = Preset(
+    BaselineConfig(arch="cnn", width=24, flip_tta=True, shift_tta=1),
+    Recipe(epochs=10, batch_size=128, lr=3e-3, weight_decay=0.05, optimizer="adamw", schedule="cosine",
+           warmup_epochs=0.5, label_smoothing=0.1, augment=True, shift=1, val_every=10))
 FIELDS = {"model": [f.name for f in dataclasses.fields(ModelConfig)],
+          "baseline": [f.name for f in dataclasses.fields(BaselineConfig)],
           "recipe": [f.name for f in dataclasses.fields(Recipe)]}
 
 
@@ -144,24 +160,25 @@ def _typed(key: str, value, like):
     return value
 
 
-def get_preset(name: str, **overrides) -> tuple[ModelConfig, Recipe]:
+def get_preset(name: str, **overrides) -> tuple[ModelConfig | BaselineConfig, Recipe]:
     """Fresh copies of a preset's model config and recipe, with any field of either replaced (see `override`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
     return override(PRESETS[name].model, PRESETS[name].recipe, **overrides)
 
 
-def override(model: ModelConfig, recipe: Recipe, **overrides) -> tuple[ModelConfig, Recipe]:
+def override(model: ModelConfig | BaselineConfig, recipe: Recipe, **overrides):
     """New copies of `model` and `recipe` with fields replaced (None values are ignored), each value checked
     against the type of the one it replaces. A new `patch` or `stride` changes the number of patches: a token
     MLP's input or output width that was the old number becomes the new one; hidden widths stay."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(overrides) - set(FIELDS["model"]) - set(FIELDS["recipe"]))
+    known = FIELDS["baseline" if isinstance(model, BaselineConfig) else "model"] + FIELDS["recipe"]
+    unknown = sorted(set(overrides) - set(known))
     if unknown:
-        raise ValueError(f"unknown config fields {unknown}; known: {sorted(FIELDS['model'] + FIELDS['recipe'])}")
+        raise ValueError(f"unknown config fields {unknown} for this {type(model).__name__}; known: {sorted(known)}")
     old = model
     model, recipe = model.to_dict(), recipe.to_dict()
-    k, stride = overrides.get("patch", old.patch), overrides.get("stride", old.stride)
+    k, stride = overrides.get("patch", model.get("patch")), overrides.get("stride", model.get("stride"))
     side = windows_per_side(k, stride) if isinstance(k, int) and isinstance(stride, int) else 0
     if {"patch", "stride"} & set(overrides) and "blocks" not in overrides and side:  # (bad values: validate says)
         def swap(w):
@@ -171,4 +188,4 @@ def override(model: ModelConfig, recipe: Recipe, **overrides) -> tuple[ModelConf
     for key, value in overrides.items():
         target = model if key in model else recipe
         target[key] = _typed(key, value, target[key])
-    return ModelConfig(**model), Recipe(**recipe)
+    return type(old)(**model), Recipe(**recipe)

@@ -81,6 +81,20 @@ def git_commit() -> str | None:
     return os.environ.get("MLP_GIT_COMMIT")
 
 
+DEV_CPU = "AVX2)"  # the development CPU's hardware string ends so: "AMD EPYC (2 cores, 2 threads, AVX2)"
+AVX512_RATIO = 3.2  # development-CPU seconds per AVX-512-CPU second (docs/frontier.md: two CPUs)
+
+
+def dev_cpu_ratio(hardware: str) -> float | None:
+    """Development-CPU seconds per second of the CPU that `hardware` (hardware.describe) names: 1 on the
+    development CPU, AVX512_RATIO on the AVX-512 one, None where none was measured (an ISA cap, AMX, a GPU)."""
+    if hardware.endswith(DEV_CPU):
+        return 1.0
+    if "AVX-512" in hardware and "=" not in hardware:
+        return AVX512_RATIO
+    return None
+
+
 def mean_std(xs) -> tuple[float, float]:
     xs = list(xs)
     return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0

@@ -19,8 +19,9 @@ from mlp import checkpoint, data, hardware, plots, records
 from mlp.board import open_board
 from mlp.evaluate import Views, predict
 from mlp.loop import Trainer, best_record, device_rng_state, fit, seed_everything
+from mlp.nets import Config, build_net, config_from
 from mlp.recipe import PRESETS, Recipe, override
-from model import MLPNet, ModelConfig, count_params
+from model import count_params
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Run:
     """What `run` returns: the trained net (best validation weights), its history, the test accuracy, the
     metrics written to metrics.json (empty without an output directory), the loaders, and the test set's
     (predictions, labels) from the one pass that gave the test accuracy."""
-    net: MLPNet
+    net: torch.nn.Module
     history: list
     test_acc: float | None
     metrics: dict = field(default_factory=dict)
@@ -123,12 +124,12 @@ def resume_state(out: Path, name: str = "last.pt") -> dict:
         raise checkpoint.CheckpointError(f"{e}. Next good state: {offer}.") from None
 
 
-def resumable(out: Path, name: str = "last.pt", **overrides) -> tuple[ModelConfig, Recipe, dict]:
+def resumable(out: Path, name: str = "last.pt", **overrides) -> tuple[Config, Recipe, dict]:
     """The model, recipe and settings (`KEPT_ON_RESUME`) of the run in `out`, read from its checkpoint, with
     `overrides` of model or recipe fields on top (None: the run's own): what `train.py --resume` and the
     notebook's `resume = True` continue with (`run` refuses what a resume may not change)."""
     state = resume_state(out, name)
-    model, recipe = override(ModelConfig(**state["model"]), Recipe(**state["recipe"]), **overrides)
+    model, recipe = override(config_from(state["model"]), Recipe(**state["recipe"]), **overrides)
     return model, recipe, {k: state.get(k) for k in KEPT_ON_RESUME}
 
 
@@ -231,13 +232,13 @@ def resumed_settings(state: dict, model, recipe, given: dict, precision: str) ->
     if "max_seconds" in given and given["max_seconds"] != state.get("max_seconds"):
         extended.append(dict(at_epoch=done, max_seconds_from=state.get("max_seconds"),
                              max_seconds_to=given["max_seconds"]))
-    return ModelConfig(**state["model"]), Recipe(**wanted), extended
+    return config_from(state["model"]), Recipe(**wanted), extended
 
 
 @dataclass
 class Start:
     """Where a run starts: fresh, or from its checkpoint (`state`) with the settings it was made with."""
-    model: ModelConfig
+    model: Config
     recipe: Recipe
     cfg: RunConfig
     run_id: str
@@ -263,10 +264,10 @@ def start(model, recipe, cfg: RunConfig, out: Path | None, writer: bool) -> Star
     return Start(model, recipe, cfg, run_id)
 
 
-def build(model: ModelConfig, seed: int) -> MLPNet:
+def build(model: Config, seed: int):
     """The network a run with this seed starts from (the notebook builds it so, then hands it to `run`)."""
     seed_everything(seed)
-    return MLPNet(model)
+    return build_net(model)
 
 
 def quiet(line: str):
@@ -300,7 +301,7 @@ class RunHooks:
         return self.over_budget() or (self.until is not None and self.until(record))
 
 
-def run(model: ModelConfig | None, recipe: Recipe | None, cfg: RunConfig | None = None, *, net: MLPNet | None = None,
+def run(model: Config | None, recipe: Recipe | None, cfg: RunConfig | None = None, *, net=None,
         animator: plots.Animator | None = None, log=None, until=None) -> Run:
     """One complete run, as the notebook, train.py, the study and the benchmark make it: loaders, the network
     (`net`, else `build(model, cfg.seed)`), `fit`, the test set once, and with `cfg.out_dir` a checkpoint
@@ -372,7 +373,7 @@ def run(model: ModelConfig | None, recipe: Recipe | None, cfg: RunConfig | None 
         return Run(net, trainer.history, test_acc, metrics, loaders, (preds, labels))
 
 
-def given_net(net: MLPNet, model: ModelConfig) -> MLPNet:
+def given_net(net, model: Config):
     if net.cfg.to_dict() != model.to_dict():
         raise ValueError("the network given to run() was built from another model config than the run's "
                          "(build it with mlp.runner.build(model, seed) from the run's own config)")

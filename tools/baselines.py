@@ -1,0 +1,160 @@
+"""The baselines programme (docs/baselines.md): for each baseline and budget, a short search of recipes chosen on
+validation (seed 0, kept as trials), whose winner becomes the preset NAME-SECONDS (mlp/recipe.py) that `make
+seeds` trains three times. Budgets are development-CPU seconds of training; elsewhere they are converted at
+the CPU's measured ratio (mlp/records.py), and each candidate's epochs are those that fit, from its seconds
+per epoch measured here first. One training at a time; each trial is recorded as it finishes, and a recorded
+one is not trained again.
+
+    python -m tools.baselines plan               # per baseline and budget: trials recorded, the choice, seeds
+    python -m tools.baselines search cnn 600     # train the candidates not yet recorded, then say the choice
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from mlp import records
+
+ROOT = Path(__file__).resolve().parents[1]
+TRIALS = ROOT / "results" / "trials"
+BUDGETS = {"softmax": (60, 600), "d2l-mlp": (60, 600), "lenet": (60, 600, 1800), "cnn": (60, 600, 1800)}
+MAX_EPOCHS = 100  # softmax regression and the d2l MLP converge long before the 1,875 and 470 epochs 600 s holds
+# What each search tries (--set overrides of the base preset, mlp/recipe.py), epochs aside: the book's recipe,
+# then what the MLP presets learned (AdamW or Nesterov momentum, a cosine schedule; shifts and flips in training
+# with their evaluation views). The CNN's width follows the budget: at 60 s only 8 channels fit one epoch.
+NO_AUG = {"augment": False, "flip_tta": False, "shift_tta": 0}
+NESTEROV = {"optimizer": "nesterov", "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.0}
+CANDIDATES = {
+    "softmax": {"book": {}, "sgd-cos": {"schedule": "cosine", "lr": 0.2},
+                "adamw": {"optimizer": "adamw", "lr": 3e-3, "schedule": "cosine", "weight_decay": 1e-4}},
+    "d2l-mlp": {"book": {}, "nesterov": {"optimizer": "nesterov", "lr": 0.05, "schedule": "cosine",
+                                         "weight_decay": 5e-4},
+                "adamw": {"optimizer": "adamw", "lr": 2e-3, "schedule": "cosine", "weight_decay": 0.05},
+                "adamw-aug": {"optimizer": "adamw", "lr": 2e-3, "schedule": "cosine", "weight_decay": 0.05,
+                              "augment": True, "shift": 1, "flip_tta": True}},
+    "lenet": {"book": {}, "adamw": {"optimizer": "adamw", "lr": 3e-3, "schedule": "cosine", "weight_decay": 0.01},
+              "adamw-aug": {"optimizer": "adamw", "lr": 3e-3, "schedule": "cosine", "weight_decay": 0.01,
+                            "augment": True, "shift": 1, "flip_tta": True}},
+    ("cnn", 60): {"w8": {"width": 8}, "w8-noaug": {"width": 8, **NO_AUG},
+                  "w8-nesterov": {"width": 8, **NESTEROV}, "w8-lr1e-2": {"width": 8, "lr": 0.01}},
+    ("cnn", 600): {"w16": {"width": 16}, "w24": {}, "w12": {"width": 12}, "w16-noaug": {"width": 16, **NO_AUG},
+                   "w16-nesterov": {"width": 16, **NESTEROV}},
+    ("cnn", 1800): {"w16": {"width": 16}, "w24": {}, "w32": {"width": 32}, "w24-nesterov": NESTEROV},
+}
+TRAIN_IMAGES = 55_000  # the training split (60,000 less the 5,000 of validation)
+
+
+def candidates(arch: str, budget: int) -> dict[str, dict]:
+    return CANDIDATES.get((arch, budget)) or CANDIDATES[arch]
+
+
+def trial_name(arch: str, budget: int, candidate: str) -> str:
+    return f"bl-{arch}-{budget}-{candidate}"
+
+
+def seconds_per_epoch(arch: str, overrides: dict, steps: int = 30) -> float:
+    """One epoch's training seconds here, from `steps` steps on the real data after as many warm-up ones."""
+    import torch
+
+    from mlp import data
+    from mlp.loop import Trainer, seed_everything
+    from mlp.nets import build_net
+    from mlp.recipe import get_preset
+
+    model, recipe = get_preset(arch, **overrides)
+    cpu = torch.device("cpu")
+    seed_everything(0)
+    trainer = Trainer(build_net(model), recipe, data.loaders(recipe, train_limit=steps * recipe.batch_size,
+                                                             eval_limit=recipe.batch_size), cpu, "fp32")
+    stop = argparse.Namespace(requested=False)
+    trainer.fit_epoch(1, stop)  # warm-up: first calls allocate and pick kernels
+    return trainer.fit_epoch(2, stop)["seconds"] * math.ceil(TRAIN_IMAGES / recipe.batch_size) / steps
+
+
+def local_seconds(budget: float) -> tuple[float, str]:
+    import torch
+
+    from mlp import hardware
+    where = hardware.describe(torch.device("cpu"))
+    ratio = records.dev_cpu_ratio(where)
+    if ratio is None:
+        raise SystemExit(f"error: no measured ratio of development-CPU seconds for this CPU ({where}); budgets "
+                         f"are set on the AVX2 or the AVX-512 CPU (mlp/records.py)")
+    return budget / ratio, where
+
+
+def load_trials(arch: str, budget: int) -> dict[str, dict]:
+    out = {}
+    for name in candidates(arch, budget):
+        f = TRIALS / f"{trial_name(arch, budget, name)}.json"
+        if f.exists():
+            out[name] = json.loads(f.read_text())
+    return out
+
+
+def choice(trials: dict[str, dict]) -> str | None:
+    """The candidate validation chose (its best epoch's validation accuracy); the test set is not read."""
+    return max(trials, key=lambda n: trials[n]["val_acc"]) if trials else None
+
+
+def search(arch: str, budget: int):
+    here, where = local_seconds(budget)
+    done = load_trials(arch, budget)
+    for name, overrides in candidates(arch, budget).items():
+        if name in done:
+            continue
+        per_epoch = seconds_per_epoch(arch, overrides)
+        epochs = min(MAX_EPOCHS, math.floor(here / per_epoch))
+        if epochs < 1:
+            print(f"{arch} {budget} s {name}: one epoch takes {per_epoch:.0f} s here, over the {here:.0f} s "
+                  f"budget; not trained", flush=True)
+            continue
+        print(f"{arch} {budget} s {name}: {per_epoch:.1f} s/epoch here ({where}) -> {epochs} epochs in "
+              f"{here:.0f} s", flush=True)
+        sets = {**overrides, **({"val_every": epochs} if arch == "cnn" else {})}
+        out = ROOT / "runs" / trial_name(arch, budget, name)
+        cmd = [sys.executable, "train.py", "--preset", arch, "--epochs", str(epochs), "--precision", "fp32",
+               "--seed", "0", "--out", str(out.relative_to(ROOT)), "--quiet"]
+        cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "tools.render", "--record-trial", str(out.relative_to(ROOT))],
+                       cwd=ROOT, check=True)
+    plan(arch, budget)
+
+
+def plan(arch: str | None = None, budget: int | None = None):
+    for a, budgets in BUDGETS.items():
+        for b in budgets:
+            if (arch and a != arch) or (budget and b != budget):
+                continue
+            trials = load_trials(a, b)
+            best = choice(trials)
+            print(f"{a} at {b} s: {len(trials)} of {len(candidates(a, b))} candidates recorded" +
+                  (f"; validation chooses {best!r} ({100 * trials[best]['val_acc']:.2f} %, "
+                   f"{trials[best]['epochs']} epochs)" if best else ""))
+            for n, t in trials.items():
+                print(f"  {n:14s} val {100 * t['val_acc']:.2f} %  {t['epochs']:3d} epochs  "
+                      f"{t['train_seconds']:6.0f} s  {t['hardware']}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    sub.add_parser("plan")
+    s = sub.add_parser("search")
+    s.add_argument("arch", choices=sorted(BUDGETS))
+    s.add_argument("budget", type=int)
+    args = p.parse_args(argv)
+    if args.what == "plan":
+        return plan()
+    if args.budget not in BUDGETS[args.arch]:
+        p.error(f"{args.arch} is measured at {BUDGETS[args.arch]} development-CPU seconds, not {args.budget}")
+    search(args.arch, args.budget)
+
+
+if __name__ == "__main__":
+    main()
