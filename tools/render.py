@@ -179,15 +179,39 @@ def full_data(r: dict) -> bool:
     return not (r.get("train_limit") or r.get("eval_limit") or any("test_acc" in h for h in r["history"]))
 
 
-SUPERSEDED = re.compile(r"-v\d+-")  # results/runs/NAME-vN-*.json: the runs of a preset's earlier version
+def current_presets() -> dict[str, dict]:
+    """Each preset's model config and recipe as the code defines them now (the one place rendering imports
+    torch: mlp.recipe builds them)."""
+    from mlp.recipe import PRESETS
+    return {name: dict(model=p.model.to_dict(), recipe=p.recipe.to_dict()) for name, p in PRESETS.items()}
+
+
+def as_now(r: dict) -> dict | None:
+    """A record's model config and recipe with the fields it predates at their defaults, as the code would
+    write them now; None where the code can no longer read them (a field since removed)."""
+    from mlp.nets import config_from
+    from mlp.recipe import Recipe
+    try:
+        return dict(model=config_from(r["model"]).to_dict(), recipe=Recipe(**r["recipe"]).to_dict())
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def is_current(r: dict, presets: dict[str, dict]) -> bool:
+    """A run of its preset as the preset is now: the model config and recipe it recorded equal the preset's
+    current ones, on all the data, its whole schedule, neither capped nor extended. Its file name decides
+    nothing: a run with --set, other --epochs, a cap or an extension is a trial, whatever it is called."""
+    now = presets.get(r["preset"])
+    return (now is not None and full_data(r) and not r.get("capped") and not r.get("extended")
+            and as_now(r) == now)
 
 
 def render_presets(folder: Path, superseded: bool = False) -> str:
     """One row per (preset, network, epochs, hardware) in results/runs/: test and validation mean ± std over seeds.
-    The current presets' runs only, unless `superseded` (then every version's)."""
-    groups = {}
+    The runs of the presets as they are now only (`is_current`), unless `superseded` (then every recorded run)."""
+    groups, presets = {}, current_presets()
     for r in load_runs(folder):
-        if not full_data(r) or (SUPERSEDED.search(r["file"]) and not superseded):
+        if not full_data(r) or not (superseded or is_current(r, presets)):
             continue
         groups.setdefault((r["preset"], network(r), r["epochs"], r["hardware"], r["precision"]), []).append(r)
     lines = ["| preset | network | epochs | seeds | test accuracy | validation accuracy | training time | hardware | "
@@ -202,8 +226,7 @@ def render_presets(folder: Path, superseded: bool = False) -> str:
     return "\n".join(lines)
 
 
-DEV_CPU = "AVX2)"  # the development CPU's hardware string ends so: "AMD EPYC (2 cores, 2 threads, AVX2)"
-AVX512_RATIO = 3.2  # development-CPU seconds per AVX-512-CPU second (docs/frontier.md: two CPUs)
+DEV_CPU, AVX512_RATIO = records.DEV_CPU, records.AVX512_RATIO
 # The frontier's targets (issue #30), in development-CPU seconds of training, fp32, mean over three seeds:
 # (goal, seconds, test accuracy, the most evaluation may add as a share of the training seconds).
 TARGETS = {"sprint": ("90 % validation in ≤ 60 s, every seed", 60, None, None),
@@ -250,7 +273,8 @@ def render_targets(folder: Path) -> str:
     AVX512_RATIO (an estimate)."""
     lines = ["| preset | target | measured | seeds | hardware, precision | runs (results/runs/) | met? |",
              "| --- | --- | --- | ---: | --- | --- | --- |"]
-    runs = [r for r in load_runs(folder) if full_data(r) and not SUPERSEDED.search(r["file"])]
+    presets = current_presets()
+    runs = [r for r in load_runs(folder) if is_current(r, presets)]
     for preset, (goal, budget, _, _) in TARGETS.items():
         if budget is None:  # a GPU target: its runs come from `make gpu-results`
             lines.append(f"| `{preset}` | {goal} | not trained on a GPU yet | — | — | — | no |")
@@ -261,6 +285,50 @@ def render_targets(folder: Path) -> str:
         lines += [target_row(preset, rs, ratio) for rs, ratio in ((dev, 1.0), (avx512, AVX512_RATIO)) if rs]
         if not dev and not avx512:
             lines.append(f"| `{preset}` | {goal} | — | — | — | — | not measured |")
+    return "\n".join(lines)
+
+
+BASELINES = ("softmax", "d2l-mlp", "lenet", "cnn")
+BUDGETS = (60, 600, 1800)
+ALL_MLP = {60: "sprint", 600: "quick", 1800: "long"}  # the all-MLP preset made for each budget (docs/frontier.md)
+
+
+def cell_runs(preset: str, runs: list[dict], presets: dict) -> tuple[list[dict], float]:
+    """A preset's current fp32 runs on one CPU, with that CPU's development-CPU seconds per second: the
+    development CPU's when it has three seeds, else the AVX-512 CPU's (seconds x AVX512_RATIO, an estimate)
+    when they are more; never the two mixed."""
+    mine = [r for r in runs if r["preset"] == preset and r["precision"] == "fp32" and is_current(r, presets)]
+    by_cpu = {}
+    for r in mine:
+        ratio = records.dev_cpu_ratio(r["hardware"])
+        if ratio is not None:
+            by_cpu.setdefault(ratio, []).append(r)
+    dev, other = by_cpu.get(1.0, []), by_cpu.get(AVX512_RATIO, [])
+    return (dev, 1.0) if len(dev) >= 3 or len(dev) >= len(other) else (other, AVX512_RATIO)
+
+
+def cell(rs: list[dict], ratio: float) -> str:
+    if not rs:
+        return "not run yet"
+    (te, te_sd), (va, _) = (records.mean_std(r[k] for r in rs) for k in ("test_acc", "val_acc"))
+    secs = [ratio * r["train_seconds"] for r in rs]
+    est = "" if ratio == 1 else "≈ "
+    return (f"**{100 * te:.2f}** ± {100 * te_sd:.2f} % (n={len(rs)}); val {100 * va:.2f} %; "
+            f"{est}{min(secs):,.0f}–{max(secs):,.0f} s, {rs[0]['epochs']} ep.")
+
+
+def render_baselines(folder: Path) -> str:
+    """Accuracy at equal CPU time: per budget (development-CPU seconds of training), each baseline's preset
+    for that budget (NAME-SECONDS) and the all-MLP preset made for it, over their current runs."""
+    runs, presets = load_runs(folder), current_presets()
+    lines = ["| budget | " + " | ".join(f"`{b}`" for b in BASELINES) + " | best all-MLP |",
+             "| ---: | " + " | ".join("---" for _ in BASELINES) + " | --- |"]
+    for budget in BUDGETS:
+        cells = [cell(*cell_runs(f"{b}-{budget}", runs, presets)) if f"{b}-{budget}" in presets else "—"
+                 for b in BASELINES]
+        mlp = ALL_MLP[budget]
+        cells.append(f"`{mlp}`: {cell(*cell_runs(mlp, runs, presets))}")
+        lines.append(f"| {budget:,} s | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -435,7 +503,7 @@ RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": 
              "presets": render_presets, "targets": render_targets,
              "presets_all": lambda folder: render_presets(folder, superseded=True),
              "seed_curve": render_seed_curve, "patch_study": render_patch_study, "best_probe": render_best_probe,
-             "model_card": render_model_card, "model_classes": render_model_classes}
+             "baselines": render_baselines, "model_card": render_model_card, "model_classes": render_model_classes}
 
 
 def render(text: str, folder: Path = HERE) -> str:
