@@ -7,6 +7,11 @@ one is not trained again.
 
     python -m tools.baselines plan               # per baseline and budget: trials recorded, the choice, seeds
     python -m tools.baselines search cnn 600     # train the candidates not yet recorded, then say the choice
+    python -m tools.baselines adopt cnn 600 avx512   # the chosen trial is seed 0 of preset cnn-600
+    make seeds PRESET=cnn-600 SEEDS="1 2" TAG=avx512 ARGS='--precision fp32'   # and seeds 1, 2
+
+`adopt` checks that the preset NAME-SECONDS (written into mlp/recipe.py from the choice) is the chosen trial's
+model config and recipe: CPU training is deterministic, so its seed 0 is that trial, and is not trained twice.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import sys
 from pathlib import Path
 
 from mlp import records
+from tools.render import as_now, current_presets, record_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = ROOT / "results" / "trials"
@@ -121,9 +127,29 @@ def search(arch: str, budget: int):
                "--seed", "0", "--out", str(out.relative_to(ROOT)), "--quiet"]
         cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
         subprocess.run(cmd, cwd=ROOT, check=True)
-        subprocess.run([sys.executable, "-m", "tools.render", "--record-trial", str(out.relative_to(ROOT))],
-                       cwd=ROOT, check=True)
+        record_run(out, kind="trials")  # (no rendering here: the pages change, and runs after would be "-dirty")
     plan(arch, budget)
+
+
+def adopt(arch: str, budget: int, tag: str, folder: Path = ROOT / "results"):
+    """Record the chosen trial as seed 0 of the preset `arch-budget`, after checking that the preset is it."""
+    from mlp.recipe import PRESETS
+    trials = load_trials(arch, budget)
+    best, preset = choice(trials), f"{arch}-{budget}"
+    if best is None:
+        raise SystemExit(f"error: no trial of {arch} at {budget} s is recorded; run the search first")
+    if preset not in PRESETS:
+        raise SystemExit(f"error: write the preset {preset!r} into mlp/recipe.py first (the choice: {best!r})")
+    t = trials[best]
+    if as_now(t) != current_presets()[preset] or t["seed"] != 0:
+        raise SystemExit(f"error: preset {preset!r} is not the chosen trial {trial_name(arch, budget, best)!r} "
+                         f"(model config or recipe differ); make it so, or train its seed 0 with make seeds")
+    target = folder / "runs" / f"{preset}-{tag}-seed0.json"
+    if target.exists():
+        raise SystemExit(f"error: {target} already holds a record")
+    records.atomic_write(target, json.dumps(dict(t, preset=preset, adopted_from=f"trials/"
+                                                 f"{trial_name(arch, budget, best)}.json"), indent=2))
+    print(f"wrote {target}: {preset} seed 0 = {trial_name(arch, budget, best)}")
 
 
 def plan(arch: str | None = None, budget: int | None = None):
@@ -145,14 +171,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     sub.add_parser("plan")
-    s = sub.add_parser("search")
-    s.add_argument("arch", choices=sorted(BUDGETS))
-    s.add_argument("budget", type=int)
+    for what in ("search", "adopt"):
+        s = sub.add_parser(what)
+        s.add_argument("arch", choices=sorted(BUDGETS))
+        s.add_argument("budget", type=int)
+        if what == "adopt":
+            s.add_argument("tag", help="the run name's tag, as make seeds' TAG (e.g. avx512, avx2)")
     args = p.parse_args(argv)
     if args.what == "plan":
         return plan()
     if args.budget not in BUDGETS[args.arch]:
         p.error(f"{args.arch} is measured at {BUDGETS[args.arch]} development-CPU seconds, not {args.budget}")
+    if args.what == "adopt":
+        return adopt(args.arch, args.budget, args.tag)
     search(args.arch, args.budget)
 
 
