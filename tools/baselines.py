@@ -20,6 +20,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mlp import records
@@ -51,7 +52,6 @@ CANDIDATES = {
                    "w16-nesterov": {"width": 16, **NESTEROV}},
     ("cnn", 1800): {"w16": {"width": 16}, "w24": {}, "w32": {"width": 32}, "w24-nesterov": NESTEROV},
 }
-TRAIN_IMAGES = 55_000  # the training split (60,000 less the 5,000 of validation)
 
 
 def candidates(arch: str, budget: int) -> dict[str, dict]:
@@ -62,8 +62,23 @@ def trial_name(arch: str, budget: int, candidate: str) -> str:
     return f"bl-{arch}-{budget}-{candidate}"
 
 
-def seconds_per_epoch(arch: str, overrides: dict, steps: int = 30) -> float:
-    """One epoch's training seconds here, from `steps` steps on the real data after as many warm-up ones."""
+class Probe:
+    """A stop signal for Trainer.fit_epoch, which reads it once after each step: requested `seconds` after the
+    first step. It times the epoch's start (the loader's shuffle and augmentation, and the first step) apart
+    from the steps after it."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.reads, self.made = seconds, [], time.perf_counter()
+
+    @property
+    def requested(self) -> bool:
+        self.reads.append(time.perf_counter())
+        return self.reads[-1] - self.reads[0] >= self.seconds
+
+
+def seconds_per_epoch(arch: str, overrides: dict, seconds: float = 6.0) -> float:
+    """One epoch's training seconds here: its start, and the steps after it at the rate of `seconds` of them
+    on the real data (after a warm-up epoch start and a second of steps)."""
     import torch
 
     from mlp import data
@@ -72,13 +87,14 @@ def seconds_per_epoch(arch: str, overrides: dict, steps: int = 30) -> float:
     from mlp.recipe import get_preset
 
     model, recipe = get_preset(arch, **overrides)
-    cpu = torch.device("cpu")
     seed_everything(0)
-    trainer = Trainer(build_net(model), recipe, data.loaders(recipe, train_limit=steps * recipe.batch_size,
-                                                             eval_limit=recipe.batch_size), cpu, "fp32")
-    stop = argparse.Namespace(requested=False)
-    trainer.fit_epoch(1, stop)  # warm-up: first calls allocate and pick kernels
-    return trainer.fit_epoch(2, stop)["seconds"] * math.ceil(TRAIN_IMAGES / recipe.batch_size) / steps
+    trainer = Trainer(build_net(model), recipe, data.loaders(recipe, eval_limit=recipe.batch_size),
+                      torch.device("cpu"), "fp32")
+    trainer.fit_epoch(1, Probe(1.0))  # warm-up: first calls allocate and pick kernels
+    probe = Probe(seconds)
+    trainer.fit_epoch(2, probe)
+    begin, steps = probe.reads[0] - probe.made, len(probe.reads) - 1  # (a small network may end its epoch)
+    return begin + (probe.reads[-1] - probe.reads[0]) / steps * (len(trainer.train_iter) - 1)
 
 
 def local_seconds(budget: float) -> tuple[float, str]:
