@@ -114,11 +114,12 @@ def time_to_accuracy(history, acc: float = 0.90) -> tuple[float, int] | tuple[No
 
 def study_table(summary) -> str:
     """The patch study's summary as a Markdown table (the study notebook and README show the same)."""
-    lines = ["| preset | K (patches) | params | MFLOP per training image | s/epoch | epochs | seeds | validation | test |",
+    lines = ["| arm | K (patches) | params | MFLOP per training image | s/epoch | epochs | n | validation | test |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in summary:
-        lines.append(f"| `{r['preset']}` | {r['patch']} ({r['patches']}) | {r['params']:,} | {1e3 * r['gflops']:.1f} | "
-                     f"{r['sec_per_epoch']:.1f} | {r['epochs']}{' (capped)' if r.get('capped') else ''} | {r['runs']} | "
+        lines.append(f"| `{r.get('arm', r['preset'])}` | {r['patch']} ({r['patches']}) | {r['params']:,} | "
+                     f"{1e3 * r['gflops']:.1f} | {r['sec_per_epoch']:.1f} ± {r.get('sec_std', 0.0):.1f} | "
+                     f"{r['epochs']}{' (capped)' if r.get('capped') else ''} | {r['runs']} | "
                      f"{100 * r['val_acc']:.2f} ± {100 * r['val_std']:.2f} % | {100 * r['test_acc']:.2f} ± "
                      f"{100 * r['test_std']:.2f} % |")
     return "\n".join(lines)

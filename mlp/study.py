@@ -1,128 +1,211 @@
-"""The patch-size study: train presets at K x K patches for K in {2, 4, 7} over seeds, and judge the original's
-claim that 4x4 beats 2x2 and 7x7 on training time and test accuracy. notebooks/patch_size_study.ipynb and
-tools/gpu_results.py run it; results/patch_study.json holds the record that README renders.
+"""The patch-size study: train presets at K x K patches for K in {2, 4, 7} over seeds, at equal epochs and at
+equal training time, and judge the original's claim that 4x4 beats 2x2 and 7x7 on training time and test
+accuracy by a rule that a difference inside the noise cannot pass (`compare`). notebooks/patch_size_study.ipynb
+and tools/gpu_results.py run it; results/patch_study.json holds the record that README renders.
+
+An arm is a preset at a budget: "quick@10ep" (10 epochs at every K) or "quick@600s" (600 development-CPU
+seconds of training: each K's epochs from its measured seconds per epoch, its schedule set for them).
 """
 from __future__ import annotations
 
 import json
+import math
+import re
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mlp import hardware, records
+from mlp import budget, hardware, records
 from mlp.loop import best_record
-from mlp.recipe import Recipe, get_preset
+from mlp.recipe import PRESETS, Recipe, get_preset
 from mlp.runner import RunConfig, quiet, run
 from model import MLPNet, count_params, train_flops_per_image
+
+
+@dataclass(frozen=True)
+class Arm:
+    preset: str
+    epochs: int | None = None       # equal epochs (None: the preset's own)
+    seconds: float | None = None    # equal training time, in development-CPU seconds
+
+    @classmethod
+    def parse(cls, text: str) -> Arm:
+        m = re.fullmatch(r"([\w-]+)(?:@(\d+)(ep|s))?", text)
+        if not m or m.group(1) not in PRESETS:
+            raise ValueError(f"arm {text!r}: write PRESET, PRESET@Nep (N epochs) or PRESET@Ns (N development-CPU "
+                             f"seconds of training), with a preset of {sorted(PRESETS)}")
+        n = int(m.group(2)) if m.group(2) else None
+        if n == 0:
+            raise ValueError(f"arm {text!r}: the budget must be positive")
+        return cls(m.group(1), **({"seconds": n} if m.group(3) == "s" else {"epochs": n}))
+
+    @property
+    def label(self) -> str:
+        if self.seconds:
+            return f"{self.preset}@{self.seconds:g}s"
+        return f"{self.preset}@{self.epochs or PRESETS[self.preset].recipe.epochs}ep"
 
 
 def config(preset, k, epochs=None):
     return get_preset(preset, patch=k, epochs=epochs)
 
 
-def costs(presets, patches, epochs) -> dict:
+def costs(arms, patches) -> dict:
     """Parameters and training FLOPs per image (forward + backward, counted by torch) of each (preset, K)."""
     out = {}
-    for p in presets:
+    for p in dict.fromkeys(a.preset for a in arms):
         for k in patches:
-            model, _ = config(p, k, epochs.get(p))
+            model, _ = config(p, k)
             out[p, k] = dict(params=count_params(MLPNet(model)), gflops=train_flops_per_image(model) / 1e9)
     return out
 
 
-def train_all(presets, patches, seeds, epochs, train_limit, device, precision, json_path: Path, command,
-              resume=True, max_seconds=None, log=print, eval_limit=None) -> list[dict]:
-    """Every (preset, K, seed): one run, the best validation epoch kept, the test set evaluated once. The record
-    is rewritten after every run (an interrupted study loses at most the run in progress); with `resume`, a row
-    already in it is reused only where everything that made it is the same: preset, K, seed, the whole model
-    config and recipe, and the image limits. `max_seconds` caps each run (marked capped)."""
+def plan_epochs(arms, patches, device, precision, probes: dict, probe_seconds=6.0, log=print) -> dict:
+    """Each (arm, K)'s epochs. An equal-time arm's come from K's seconds per epoch, measured here once (kept in
+    `probes` by preset, K and hardware, so that a resumed study plans the same epochs)."""
+    out, where = {}, hardware.describe(device)
+    for arm in arms:
+        if not arm.seconds:
+            for k in patches:
+                out[arm.label, k] = arm.epochs or PRESETS[arm.preset].recipe.epochs
+            continue
+        if device.type != "cpu":
+            raise ValueError(f"arm {arm.label}: a budget of development-CPU seconds is a CPU's; on {device.type} "
+                             f"give the arm in epochs (PRESET@Nep)")
+        here, _ = budget.local_seconds(arm.seconds, device)
+        for k in patches:
+            key = f"{arm.preset} K={k} on {where}, {precision}"
+            if key not in probes:
+                probes[key] = budget.seconds_per_epoch(*config(arm.preset, k), seconds=probe_seconds, device=device,
+                                                       precision=precision)
+            out[arm.label, k] = max(1, budget.epochs_within(here, probes[key]))
+            log(f"{arm.label} K={k}: {probes[key]:.1f} s per epoch here -> {out[arm.label, k]} epochs in {here:.0f} s")
+    return out
+
+
+def row_key(r) -> str:
+    recipe = r.get("recipe") and Recipe(**r["recipe"]).to_dict()  # (fields newer than the row: their defaults)
+    return json.dumps([r["preset"], r["patch"], r["seed"], r.get("model"), recipe, r["train_limit"],
+                       r.get("eval_limit"), r.get("arm")], sort_keys=True)
+
+
+def train_all(arms, patches, seeds, train_limit, device, precision, json_path: Path, command, resume=True,
+              max_seconds=None, log=print, eval_limit=None, probe_seconds=6.0) -> list[dict]:
+    """Every (arm, seed, K), interleaved by K within each seed (a drift of the machine's speed then falls on
+    every K alike): one run, the best validation epoch kept, the test set evaluated once. The record is
+    rewritten after every run (an interrupted study loses at most the run in progress); with `resume`, a row
+    already in it is reused only where everything that made it is the same: arm, preset, K, seed, the whole
+    model config and recipe, and the image limits. `max_seconds` caps each run (marked capped: no verdict)."""
+    arms = [a if isinstance(a, Arm) else Arm.parse(a) for a in arms]
     dev = hardware.resolve_device(device)
     prec = hardware.resolve_precision(dev, precision)
-    cost = costs(presets, patches, epochs)
-    def key(r):
-        recipe = r.get("recipe") and Recipe(**r["recipe"]).to_dict()  # (fields newer than the row: their defaults)
-        return json.dumps([r["preset"], r["patch"], r["seed"], r.get("model"), recipe, r["train_limit"],
-                           r.get("eval_limit")], sort_keys=True)
-    done = {}
-    if resume and json_path.exists():
-        done = {key(r): r for r in json.loads(json_path.read_text())["rows"]}
+    old = json.loads(json_path.read_text()) if resume and json_path.exists() else {}
+    probes = dict(old.get("probes", {}))
+    epochs = plan_epochs(arms, patches, dev, prec, probes, probe_seconds, log)
+    cost = costs(arms, patches)
+    done = {row_key(r): r for r in old.get("rows", [])}
     rows, reused = [], 0
-    for p in presets:
-        for k in patches:
-            for s in seeds:
-                model, recipe = config(p, k, epochs.get(p))
-                wanted = dict(preset=p, patch=k, seed=s, model=model.to_dict(), recipe=recipe.to_dict(),
-                              train_limit=train_limit, eval_limit=eval_limit)
-                r = done.get(key(json.loads(json.dumps(wanted))))  # (as JSON: tuples become lists)
+    for arm in arms:
+        for s in seeds:
+            for k in patches:
+                model, recipe = config(arm.preset, k, epochs[arm.label, k])
+                wanted = json.loads(json.dumps(dict(arm=arm.label, preset=arm.preset, patch=k, seed=s,
+                                                    model=model.to_dict(), recipe=recipe.to_dict(),
+                                                    train_limit=train_limit, eval_limit=eval_limit)))
+                r = done.get(row_key(wanted))
                 from_record = r is not None
                 reused += from_record
                 if not from_record:
-                    cfg = RunConfig(preset=p, seed=s, device=dev, precision=prec, train_limit=train_limit,
+                    cfg = RunConfig(preset=arm.preset, seed=s, device=dev, precision=prec, train_limit=train_limit,
                                     eval_limit=eval_limit, max_seconds=max_seconds, live=False, progress=False)
                     result = run(model, recipe, cfg, log=quiet)
                     h = result.history
                     best = best_record(h)
-                    r = dict(wanted, epochs=recipe.epochs, **cost[p, k],
+                    r = dict(wanted, epochs=recipe.epochs, **cost[arm.preset, k],
                              sec_per_epoch=statistics.mean(e["seconds"] for e in h), epochs_run=len(h),
-                             capped=len(h) < recipe.epochs, best_epoch=best["epoch"], val_acc=best["val_acc"],
-                             test_acc=result.test_acc, history=h)
+                             train_seconds=sum(e["seconds"] for e in h), capped=len(h) < recipe.epochs,
+                             best_epoch=best["epoch"], val_acc=best["val_acc"], test_acc=result.test_acc,
+                             hardware=hardware.describe(dev), history=h)
                 rows.append(r)
-                save(json_path, rows, command, dev, prec, presets, patches, seeds, epochs, train_limit,
-                     eval_limit=eval_limit)
-                log(f"{p:>6} K={k} seed {s}: val {r['val_acc']:.4f}  test {r['test_acc']:.4f}  "
-                    f"{r['sec_per_epoch']:.1f} s/epoch" + ("  (capped)" if r.get("capped") else "")
+                save(json_path, rows, command, dev, prec, arms, patches, seeds, train_limit, eval_limit,
+                     probes=probes)
+                log(f"{arm.label:>12} K={k} seed {s}: val {r['val_acc']:.4f}  test {r['test_acc']:.4f}  "
+                    f"{r['sec_per_epoch']:.1f} s/epoch x {r['epochs_run']}" + ("  (capped)" if r.get("capped") else "")
                     + ("  (reused from the record)" if from_record else ""))
     if done:
-        log(f"reused {reused} of {len(rows)} runs from {json_path} (same preset, K, seed, model, recipe and limits); "
-            f"its other {len(done) - reused} rows were left out")
+        log(f"reused {reused} of {len(rows)} runs from {json_path} (same arm, preset, K, seed, model, recipe and "
+            f"limits); its other {len(done) - reused} rows were left out")
     return rows
 
 
-def save(json_path: Path, rows, command, dev, prec, presets, patches, seeds, epochs, train_limit, eval_limit=None,
-         **extra) -> dict:
+def save(json_path: Path, rows, command, dev, prec, arms, patches, seeds, train_limit, eval_limit=None,
+         probes=None, **extra) -> dict:
     record = dict(command=command, git_commit=records.git_commit(), hardware=hardware.describe(dev), device=str(dev),
                   precision=prec, torch=torch.__version__, complete=bool(extra),
-                  parameters=dict(presets=presets, patches=patches, seeds=seeds, epochs=epochs, train_limit=train_limit,
+                  parameters=dict(arms=[a.label for a in arms], patches=patches, seeds=seeds, train_limit=train_limit,
                                   eval_limit=eval_limit),
-                  rows=rows, **extra)
+                  probes=probes or {}, rows=rows, **extra)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     records.atomic_write(json_path, json.dumps(record, indent=2))
     return record
 
 
-def summarize(rows, presets, patches) -> list[dict]:
-    """Mean ± standard deviation over seeds for each (preset, K)."""
+def summarize(rows) -> list[dict]:
+    """Mean ± standard deviation over seeds for each (arm, K), in the order the rows were planned."""
     summary = []
-    for p in presets:
-        for k in patches:
-            rs = [r for r in rows if r["preset"] == p and r["patch"] == k]
-            (va, va_sd), (te, te_sd), (sec, _) = (records.mean_std(r[f] for r in rs)
-                                                  for f in ("val_acc", "test_acc", "sec_per_epoch"))
-            summary.append(dict(preset=p, patch=k, patches=(28 // k) ** 2, runs=len(rs), epochs=rs[0]["epochs"],
-                                params=rs[0]["params"], gflops=rs[0]["gflops"], sec_per_epoch=sec, val_acc=va,
-                                val_std=va_sd, test_acc=te, test_std=te_sd,
-                                capped=any(r.get("capped") for r in rs)))
+    for arm, k in dict.fromkeys((r["arm"], r["patch"]) for r in rows):
+        rs = [r for r in rows if r["arm"] == arm and r["patch"] == k]
+        (va, va_sd), (te, te_sd), (sec, sec_sd) = (records.mean_std(r[f] for r in rs)
+                                                   for f in ("val_acc", "test_acc", "sec_per_epoch"))
+        summary.append(dict(arm=arm, preset=rs[0]["preset"], patch=k, patches=(28 // k) ** 2, runs=len(rs),
+                            epochs=rs[0]["epochs"], params=rs[0]["params"], gflops=rs[0]["gflops"],
+                            sec_per_epoch=sec, sec_std=sec_sd, val_acc=va, val_std=va_sd, test_acc=te,
+                            test_std=te_sd, capped=any(r.get("capped") for r in rs)))
     return summary
 
 
+def compare(a: dict, b: dict, field: str, higher_is_better: bool) -> str | None:
+    """"a" or "b" where one's mean beats the other's by more than twice the standard error of the difference
+    of the means (sqrt(sd_a^2/n_a + sd_b^2/n_b)), "tie" where neither does; None (no verdict) for a one-seed or
+    capped row."""
+    if min(a["runs"], b["runs"]) < 2 or a.get("capped") or b.get("capped"):
+        return None
+    sd = {"test_acc": "test_std", "val_acc": "val_std", "sec_per_epoch": "sec_std"}[field]
+    diff = (a[field] - b[field]) * (1 if higher_is_better else -1)
+    se = math.sqrt(a[sd] ** 2 / a["runs"] + b[sd] ** 2 / b["runs"])
+    return "a" if diff > 2 * se else "b" if -diff > 2 * se else "tie"
+
+
+RULE = ("A K is more accurate than another only where its mean test accuracy beats the other's by more than twice "
+        "the standard error of the difference of the means; faster likewise on seconds per epoch. Otherwise: no "
+        "significant difference. One-seed and capped rows get no verdict.")
+
+
 def verdict(summary) -> list[str]:
-    """For each preset: is K=4 the most accurate (mean test accuracy) and the fastest (seconds per epoch)?"""
+    """For each arm: K=4 against each other K on test accuracy and on seconds per epoch, by `compare`; the
+    claim holds where K=4 is both more accurate and faster than every other K."""
     out = []
-    for p in dict.fromkeys(r["preset"] for r in summary):
-        rs = {r["patch"]: r for r in summary if r["preset"] == p}
+    for arm in dict.fromkeys(r["arm"] for r in summary):
+        rs = {r["patch"]: r for r in summary if r["arm"] == arm}
         if 4 not in rs or len(rs) < 2:
             continue
-        others = [k for k in rs if k != 4]
-        acc = all(rs[4]["test_acc"] > rs[k]["test_acc"] for k in others)
-        fast = all(rs[4]["sec_per_epoch"] < rs[k]["sec_per_epoch"] for k in others)
-        best_acc = max(rs, key=lambda k: rs[k]["test_acc"])
-        fastest = min(rs, key=lambda k: rs[k]["sec_per_epoch"])
-        n_ep, n_seed = rs[4]["epochs"], rs[4]["runs"]
-        out.append(f"`{p}` ({n_ep} epoch{'s' * (n_ep != 1)}, {n_seed} seed{'s' * (n_seed != 1)}): 4×4 is "
-                   f"{'the most accurate' if acc else f'not the most accurate (K={best_acc} is)'} and "
-                   f"{'the fastest' if fast else f'not the fastest (K={fastest} is)'}; the claim "
-                   f"{'holds' if acc and fast else 'holds for accuracy only' if acc else 'holds for time only' if fast else 'does not hold'}.")
+        four, parts, holds = rs[4], [], True
+        for k in (k for k in rs if k != 4):
+            acc, fast = compare(four, rs[k], "test_acc", True), compare(four, rs[k], "sec_per_epoch", False)
+            if acc is None or fast is None:
+                why = "capped" if four.get("capped") or rs[k].get("capped") else "one seed"
+                parts.append(f"against K={k}: no verdict ({why})")
+                holds = None
+                continue
+            words = {"a": "K=4 more accurate", "b": f"K={k} more accurate", "tie": "no significant difference"}
+            speed = {"a": "K=4 faster", "b": f"K={k} faster", "tie": "no significant difference in speed"}
+            parts.append(f"against K={k}: {words[acc]} ({100 * (four['test_acc'] - rs[k]['test_acc']):+.2f} points),"
+                         f" {speed[fast]} ({four['sec_per_epoch']:.1f} vs {rs[k]['sec_per_epoch']:.1f} s/epoch)")
+            holds = holds and acc == "a" and fast == "a"
+        claim = ("no verdict" if holds is None else "the claim holds" if holds else "the claim does not hold")
+        out.append(f"`{arm}` (n={four['runs']} seeds per K): {'; '.join(parts)}: {claim}.")
     return out
 
 
@@ -130,13 +213,14 @@ def plot(summary, png_path: Path, prec, device_type):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
-    for p in dict.fromkeys(r["preset"] for r in summary):
-        rs = [r for r in summary if r["preset"] == p]
+    for arm in dict.fromkeys(r["arm"] for r in summary):
+        rs = [r for r in summary if r["arm"] == arm]
         ks = [r["patch"] for r in rs]
         ax1.errorbar(ks, [100 * r["test_acc"] for r in rs], yerr=[100 * r["test_std"] for r in rs], marker="o",
-                     capsize=3, label=f"{p} ({rs[0]['epochs']} epochs)")
-        ax2.plot(ks, [r["sec_per_epoch"] for r in rs], marker="o", label=p)
-    ax1.set(xlabel="patch size K", ylabel="test accuracy (%)", xticks=ks, title="accuracy")
+                     capsize=3, label=f"{arm} (n={rs[0]['runs']})")
+        ax2.errorbar(ks, [r["sec_per_epoch"] for r in rs], yerr=[r["sec_std"] for r in rs], marker="o", capsize=3,
+                     label=arm)
+    ax1.set(xlabel="patch size K", ylabel="test accuracy (%)", xticks=ks, title="accuracy (mean ± sd over seeds)")
     ax2.set(xlabel="patch size K", ylabel="seconds per epoch", xticks=ks, title=f"training time ({prec}, {device_type})")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
@@ -146,18 +230,20 @@ def plot(summary, png_path: Path, prec, device_type):
     return fig
 
 
-def study(presets=("seed", "quick"), patches=(2, 4, 7), seeds=(0, 1, 2), epochs=None, train_limit=None,
-          eval_limit=None, device="auto", precision="auto", json_path="results/patch_study.json", png_path="results/patch_study.png",
-          command="study.study()", resume=True, max_seconds=None, log=print) -> dict:
+def study(arms=("quick@10ep", "quick@600s"), patches=(2, 4, 7), seeds=(0, 1, 2), train_limit=None, eval_limit=None,
+          device="auto", precision="auto", json_path="results/patch_study.json", png_path="results/patch_study.png",
+          command="study.study()", resume=True, max_seconds=None, log=print, probe_seconds=6.0) -> dict:
     """The whole study: train, summarise, judge, plot, and write the complete record. Returns the record."""
-    presets, patches, seeds, epochs = list(presets), list(patches), list(seeds), dict(epochs or {})
+    arms = [a if isinstance(a, Arm) else Arm.parse(a) for a in arms]
+    patches, seeds = list(patches), list(seeds)
     json_path, png_path = Path(json_path), Path(png_path)
     dev = hardware.resolve_device(device)
     prec = hardware.resolve_precision(dev, precision)
-    rows = train_all(presets, patches, seeds, epochs, train_limit, dev, prec, json_path, command, resume,
-                     max_seconds, log, eval_limit)
-    summary = summarize(rows, presets, patches)
-    record = save(json_path, rows, command, dev, prec, presets, patches, seeds, epochs, train_limit, eval_limit,
-                  summary=summary, verdict=verdict(summary))
+    rows = train_all(arms, patches, seeds, train_limit, dev, prec, json_path, command, resume, max_seconds, log,
+                     eval_limit, probe_seconds)
+    summary = summarize(rows)
+    old = json.loads(json_path.read_text())
+    record = save(json_path, rows, command, dev, prec, arms, patches, seeds, train_limit, eval_limit,
+                  probes=old.get("probes"), summary=summary, verdict=verdict(summary), rule=RULE)
     record["figure"] = plot(summary, png_path, prec, dev.type)
     return record

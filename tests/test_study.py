@@ -3,13 +3,18 @@ its JSON renders into the results table."""
 import json
 
 import nbformat
+import pytest
+import torch
 
 from conftest import ROOT
-from mlp import notebook
+from mlp import hardware, notebook, records, study
 from tools import render
 
-TINY = dict(presets=["seed", "quick"], patches=[2, 4, 7], seeds=[0, 1], epochs_seed=1, epochs_quick=1,
-            train_limit=128, eval_limit=100, resume=True, command="pytest tiny study")
+# Equal epochs for both networks, and equal time (60 development-CPU seconds: one epoch of `quick` fits on
+# either CPU, measured by a short probe) where this CPU's ratio to the development CPU is known.
+TIMED = records.dev_cpu_ratio(hardware.describe(torch.device("cpu"))) is not None
+TINY = dict(arms=["seed@1ep", "quick@1ep"] + (["quick@60s"] if TIMED else []), patches=[2, 4, 7], seeds=[0, 1],
+            train_limit=128, eval_limit=100, resume=True, command="pytest tiny study", probe_seconds=0.5)
 
 
 def run_study(tmp_path, name):
@@ -24,33 +29,66 @@ def run_study(tmp_path, name):
 
 def test_study_notebook_runs_with_tiny_parameters_and_resumes(tmp_path):
     nb, st = run_study(tmp_path, "first")
+    arms = TINY["arms"]
     assert st["complete"] and st["command"] == "pytest tiny study" and st["git_commit"]
-    assert len(st["rows"]) == 12 and {(r["preset"], r["patch"], r["seed"]) for r in st["rows"]} == {
-        (p, k, s) for p in ("seed", "quick") for k in (2, 4, 7) for s in (0, 1)}
+    assert [(r["arm"], r["seed"], r["patch"]) for r in st["rows"]] == [
+        (a, s, k) for a in arms for s in (0, 1) for k in (2, 4, 7)], "interleaved: K=2, 4, 7 within each seed"
     for r in st["rows"]:
-        assert r["epochs"] == 1 and r["train_limit"] == 128 and 0 < r["test_acc"] <= 1 and r["sec_per_epoch"] > 0
+        assert r["train_limit"] == 128 and 0 < r["test_acc"] <= 1 and r["sec_per_epoch"] > 0
+        assert r["epochs"] == 1 if r["arm"].endswith("@1ep") else r["epochs"] >= 1
+    if TIMED:  # each K's epochs from its own measured seconds per epoch, kept for a resume
+        assert sorted(st["probes"]) == sorted(f"quick K={k} on {st['hardware']}, fp32" for k in (2, 4, 7))
     params = {(r["preset"], r["patch"]): r["params"] for r in st["summary"]}
     assert params["seed", 4] == 111164, "the seed network at K=4 is the original"
     assert params["seed", 2] > params["seed", 4] > params["seed", 7], "its token MLP's input is the patch count"
     gflops = {(r["preset"], r["patch"]): r["gflops"] for r in st["summary"]}
     assert gflops["quick", 2] > gflops["quick", 4] > gflops["quick", 7]
-    assert all(r["runs"] == 2 and r["test_std"] >= 0 for r in st["summary"])
-    assert len(st["verdict"]) == 2 and all("the claim" in v for v in st["verdict"])
+    assert all(r["runs"] == 2 and r["test_std"] >= 0 and r["sec_std"] >= 0 for r in st["summary"])
+    assert len(st["verdict"]) == len(arms) and all("the claim" in v for v in st["verdict"])
+    assert st["rule"] == study.RULE and "twice the standard error" in st["rule"]
     assert (tmp_path / "patch_study.png").stat().st_size > 10_000
     table = render.render_patch_study(tmp_path)
-    assert "| `seed` | 4 (49) | 111,164 |" in table and "pytest tiny study" in table
+    assert "| `seed@1ep` | 4 (49) | 111,164 |" in table and "pytest tiny study" in table and study.RULE in table
+    assert "| 2 | 100." not in table and "| 2 |" in table, "n in every row"
 
     # a second execution reuses every finished run instead of training again
     _, again = run_study(tmp_path, "second")
     assert [r["history"] for r in again["rows"]] == [r["history"] for r in st["rows"]]
 
 
+def row(k, test, sd, sec=10.0, sec_sd=0.1, runs=3, **kw):
+    return dict(arm="quick@10ep", patch=k, runs=runs, test_acc=test, test_std=sd, sec_per_epoch=sec, sec_std=sec_sd,
+                **kw)
+
+
+def test_a_difference_inside_twice_its_standard_error_is_no_difference():
+    """0.3 points apart with sd 0.2 over 3 seeds: SE of the difference 0.16, so a tie; 0.5 apart: K=4 wins."""
+    assert study.compare(row(4, 0.915, 0.002), row(2, 0.912, 0.002), "test_acc", True) == "tie"
+    assert study.compare(row(4, 0.917, 0.002), row(2, 0.912, 0.002), "test_acc", True) == "a"
+    assert study.compare(row(4, 0.912, 0.002), row(2, 0.917, 0.002), "test_acc", True) == "b"
+    assert study.compare(row(4, 0.9, 0.0, sec=10.0), row(7, 0.9, 0.0, sec=5.0), "sec_per_epoch", False) == "b"
+    assert study.compare(row(4, 0.95, 0.0, runs=1), row(2, 0.5, 0.0, runs=1), "test_acc", True) is None
+    assert study.compare(row(4, 0.95, 0.001), row(2, 0.5, 0.001, capped=True), "test_acc", True) is None
+    lines = study.verdict([row(2, 0.912, 0.002, sec=30.0), row(4, 0.915, 0.002), row(7, 0.90, 0.001, sec=5.0)])
+    assert lines == ["`quick@10ep` (n=3 seeds per K): against K=2: no significant difference (+0.30 points), K=4 "
+                     "faster (10.0 vs 30.0 s/epoch); against K=7: K=4 more accurate (+1.50 points), K=7 faster (10.0 "
+                     "vs 5.0 s/epoch): the claim does not hold."]
+    one = study.verdict([row(2, 0.9, 0.0, runs=1), row(4, 0.95, 0.0, runs=1)])
+    assert one == ["`quick@10ep` (n=1 seeds per K): against K=2: no verdict (one seed): no verdict."]
+
+
+@pytest.mark.parametrize("text,message", [("quick@10", "write PRESET"), ("nope@10ep", "write PRESET"),
+                                          ("quick@0s", "must be positive")])
+def test_a_bad_arm_says_how_to_write_one(text, message):
+    with pytest.raises(ValueError, match=message):
+        study.Arm.parse(text)
+
+
 def test_the_study_reuses_a_row_only_for_the_same_network_recipe_and_limits(tmp_path):
     """A row recorded for another network under the same preset name (as `quick` was before commit 5d1395c) is
     trained again, not stamped with today's commit; an identical one is reused, and the log says which."""
-    from mlp import study
     path, logs = tmp_path / "s.json", []
-    args = (["sprint"], [7], [0], {"sprint": 1}, 128, "cpu", "fp32", path, "pytest")
+    args = (["sprint@1ep"], [7], [0], 128, "cpu", "fp32", path, "pytest")
     first = study.train_all(*args, log=logs.append, eval_limit=64)
     record = json.loads(path.read_text())
     stale = dict(record["rows"][0], val_acc=0.123, model=dict(record["rows"][0]["model"], dim=64))

@@ -2,18 +2,21 @@
 
   1. `best` x 3 seeds            -> OUT/runs/best-gpu-seed{0,1,2}.json
   2. the `seed` network, 200 epochs, test accuracy per epoch (curve only) -> OUT/runs/seed-curve-gpu.json
-  3. the patch-size study at its full budget (3 seeds, K 2/4/7, seed and quick) -> OUT/patch_study.json/.png
+  3. the patch-size study at equal epochs (3 seeds, K 2/4/7, `quick` 10 and `seed` 10 epochs, interleaved
+     by K) -> OUT/patch_study.json/.png
   4. the speed benchmark against the d2l-style loop on the same GPU -> OUT/bench_gpu.json
 
     make gpu-results                                  # python3 -m tools.gpu_results --out gpu-results
     FASHION_MNIST_DIR=data python3 -m tools.gpu_results --out gpu-results   # a machine without internet
     python -m tools.gpu_results --dry-run --out /tmp/g      # the same programme on the CPU, tiny (CI runs it)
 
-Parts 1-3 run at once as separate processes on the one GPU (a run of these small networks cannot fill
+Parts 1 and 2 run at once as separate processes on the one GPU (a run of these small networks cannot fill
 it), each capped by --cap seconds of training (a capped run says so: `capped: true`, and is not the full
-recipe); the benchmark runs last, alone, so that its timings are not shared (the dry run, which times
-nothing, starts it first). Before anything trains, a probe times 30 steps of each network and OUT/plan.json
-records the estimate against the caps. Whatever finishes is kept. Copy OUT/* into results/ and run `python -m tools.render` to put the numbers into README.
+recipe). The study then runs alone, so that its seconds per epoch are not shared, under the same cap per
+run (its verdict gives none where a row was capped); the benchmark runs last, alone (the dry run, which
+times nothing, starts it first). Before anything trains, a probe times 30 steps of each network and
+OUT/plan.json records the estimate against the caps. Whatever finishes is kept. Copy OUT/* into results/
+and run `python -m tools.render` to put the numbers into README.
 """
 from __future__ import annotations
 
@@ -90,15 +93,16 @@ def main(argv=None) -> int:
     if "curve" not in args.skip:
         jobs["seed-curve"] = ([sys.executable, "train.py", "--preset", "seed", "--test-curve", *common, *tiny,
                                "--out", str(out / "work" / f"seed-curve-{TAG}")], f"seed-curve-{TAG}")
+    study = None
     if "study" not in args.skip:
         params = dict(seeds=[0] if args.dry_run else [0, 1, 2], patches=[4, 7] if args.dry_run else [2, 4, 7],
-                      epochs={"seed": 1, "quick": 1} if args.dry_run else {"seed": 2},
+                      arms=["seed@1ep", "quick@1ep"] if args.dry_run else ["quick@10ep", "seed@10ep"],
                       train_limit=256 if args.dry_run else None, eval_limit=128 if args.dry_run else None)
         code = ("from mlp import study; import json; study.study(**json.loads({!r}), device={!r}, precision={!r}, json_path={!r}, "
                 "png_path={!r}, command={!r}, resume=False, max_seconds={!r})").format(
             json.dumps(params), args.device, args.precision, str(out / "patch_study.json"),
             str(out / "patch_study.png"), "python -m tools.gpu_results (patch study)", args.cap)
-        jobs["study"] = ([sys.executable, "-c", code], None)
+        study = [sys.executable, "-c", code]
     # The benchmark times the device alone, after the other parts; the dry run times nothing (tiny sizes on
     # the CPU) and starts it first, beside the probe and the parts.
     bench = None if "bench" in args.skip else (
@@ -112,6 +116,9 @@ def main(argv=None) -> int:
     procs.update({name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(out / f"{name}.log", "w"),
                                          stderr=subprocess.STDOUT) for name, (cmd, _) in jobs.items()})
     status = {name: p.wait() for name, p in procs.items()}
+    if study:  # alone: its seconds per epoch are the device's, not a share of it
+        status["study"] = subprocess.run(study, cwd=ROOT, stdout=open(out / "study.log", "w"),
+                                         stderr=subprocess.STDOUT).returncode
     for name, (_, keep) in jobs.items():
         metrics = out / "work" / (keep or "") / "metrics.json"
         if keep and metrics.exists():
