@@ -2,7 +2,8 @@
 # make test  set up, fetch the data, run the test suite
 # make lab   open Jupyter Lab on the project's venv
 # make bench the side-by-side training speed benchmark -> bench.json
-# make study the patch-size study notebook -> results/patch_study.json and .png
+# make study the patch-size study notebook (K = 2, 4, 7; equal epochs and equal time) -> results/patch_study.json, .png
+# make baselines ARCH=cnn AT=600      the baselines' search at AT development-CPU seconds, kept as trials
 # make seeds PRESET=best SEEDS="0 1 2" TAG=gpu   train.py runs kept in results/runs/ (FORCE=1 replaces records)
 # make seed-curve EPOCHS=3   the seed network, test accuracy after every epoch, kept in results/runs/
 # make gpu-results           every GPU result in one command (no venv: the machine's own python3 + torch)
@@ -25,7 +26,7 @@ EPOCHS ?= 3
 GPU_OUT ?= gpu-results
 BUDGET ?= 600
 
-.PHONY: setup data browser run test lab bench study seeds seed-curve gpu-results trial tensorboard clean clean-runs
+.PHONY: setup data browser run test lab bench study baselines seeds seed-curve gpu-results trial tensorboard clean clean-runs
 
 # The project, installed editable with its notebook and test extras (pyproject.toml). Re-installs only when
 # pyproject.toml or constraints.txt is newer than the last install. The constraints are the versions the suite
@@ -67,7 +68,7 @@ test: data browser
 bench: data
 	$(PY) -m tools.bench --out $(or $(BENCH_OUT),bench.json) $(BENCH_ARGS)
 
-# ARGS: papermill parameters, e.g. ARGS='-p epochs_seed 1 -y "seeds: [0]"'. Resumes from results/patch_study.json.
+# ARGS: papermill parameters, e.g. ARGS='-y "arms: [quick@10ep]" -y "seeds: [0]"'. Resumes from results/patch_study.json.
 study: data
 	@mkdir -p $(RUN)
 	$(PY) -m mlp.notebook --cwd notebooks notebooks/patch_size_study.ipynb $(RUN)/patch_size_study.ipynb $(ARGS)
@@ -79,6 +80,9 @@ define refuse_existing
 	@for f in $(1); do if [ -e $$f ] && [ -z "$(FORCE)" ]; then \
 		echo "error: $$f already holds a record; choose another TAG/NAME, or FORCE=1 to replace it" >&2; exit 1; fi; done
 endef
+
+baselines: data
+	$(PY) -m tools.baseline_search search $(ARCH) $(AT)
 
 seeds: data
 	$(call refuse_existing,$(foreach s,$(SEEDS),results/runs/$(PRESET)-$(TAG)-seed$(s).json))

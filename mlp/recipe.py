@@ -136,7 +136,7 @@ PRESETS["quick"] = Preset(
     dataclasses.replace(PRESETS["long"].recipe, epochs=10, val_every=10, val_from=1))
 PRESETS["default"] = PRESETS["quick"]  # what `make run` and train.py train unless told otherwise
 # The baselines (baselines.py), with the recipes their book trains them with (d2l: plain SGD, a constant rate,
-# batch 256, 10 epochs), and the CNN with `quick`'s regularisation and views. tools/baselines.py searches from
+# batch 256, 10 epochs), and the CNN with `quick`'s regularisation and views. tools/baseline_search.py searches from
 # these at each budget; what validation chose there are the `NAME-SECONDS` presets below.
 BOOK = Recipe(epochs=10, batch_size=256, lr=0.1, weight_decay=0.0, optimizer="sgd", schedule="none")
 PRESETS["softmax"] = Preset(BaselineConfig(arch="softmax"), BOOK)
@@ -189,3 +189,21 @@ def override(model: ModelConfig | BaselineConfig, recipe: Recipe, **overrides):
         target = model if key in model else recipe
         target[key] = _typed(key, value, target[key])
     return type(old)(**model), Recipe(**recipe)
+
+
+# What each baseline's search chose at each budget (tools/baseline_search.py, docs/baselines.md): the base preset's
+# fields the chosen candidate changed, its epochs included (those that fit the budget on the CPU searched on).
+CHOSEN = {
+    "softmax-60": ("softmax", {"epochs": 100, "lr": 0.003, "weight_decay": 0.0001, "optimizer": "adamw",
+                               "schedule": "cosine"}),
+    "softmax-600": ("softmax", {"epochs": 100, "lr": 0.003, "weight_decay": 0.0001, "optimizer": "adamw",
+                                "schedule": "cosine"}),
+    "d2l-mlp-60": ("d2l-mlp", {"epochs": 41, "lr": 0.002, "weight_decay": 0.05, "optimizer": "adamw",
+                               "schedule": "cosine"}),
+    "d2l-mlp-600": ("d2l-mlp", {"flip_tta": True, "epochs": 100, "lr": 0.002, "weight_decay": 0.05,
+                                "optimizer": "adamw", "schedule": "cosine", "augment": True, "shift": 1}),
+    "lenet-60": ("lenet", {"epochs": 6, "lr": 0.003, "weight_decay": 0.01, "optimizer": "adamw", "schedule": "cosine"}),
+    "cnn-60": ("cnn", {"width": 8, "epochs": 1, "lr": 0.01, "val_every": 1}),
+}
+for _name, (_base, _fields) in CHOSEN.items():
+    PRESETS[_name] = Preset(*override(PRESETS[_base].model, PRESETS[_base].recipe, **_fields))

@@ -17,6 +17,8 @@ README = "intro\n<!-- results:make_run -->\nold table\n<!-- /results:make_run --
 
 def test_renders_the_table_from_json(tmp_path):
     (tmp_path / "make_run_cpu.json").write_text(json.dumps(MAKE_RUN))
+    assert "| preset | `quick` as it was at commit abc123, not as it is now |" in render.render(README, tmp_path)
+    (tmp_path / "make_run_cpu.json").write_text(json.dumps(dict(MAKE_RUN, **as_recorded("quick"))))
     out = render.render(README, tmp_path)
     assert "old table" not in out and out.startswith("intro\n") and out.endswith("outro\n")
     assert "| test accuracy (10,000 test images, evaluated once) | 89.12 % |" in out
@@ -37,23 +39,31 @@ def test_cli_reports_malformed_file_and_leaves_readme_alone(tmp_path):
     (tmp_path / "make_run_cpu.json").write_text("{")
     readme = tmp_path / "README.md"
     readme.write_text(README)
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "render.py"), "--results", str(tmp_path), "--readme",
-                        str(readme)], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "tools.render", "--results", str(tmp_path), "--readme",
+                        str(readme)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and "not valid JSON" in r.stderr
     assert readme.read_text() == README
 
 
 def test_committed_readme_is_rendered_from_committed_results():
-    r = subprocess.run([sys.executable, "tools/render.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "tools.render", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
+def as_recorded(preset, **changes) -> dict:
+    """A preset's model config and recipe as a run records them (JSON), with recipe fields changed."""
+    p = PRESETS[preset]
+    return json.loads(json.dumps(dict(model=p.model.to_dict(), recipe=dict(p.recipe.to_dict(), **changes))))
+
+
 def run_json(preset, seed, test_acc, curve=False, **kw):
+    """A run of the preset as it is now (unless `kw` gives another model or recipe)."""
     history = [dict(epoch=e, train_loss=1.0 / e, train_acc=0.8, val_acc=0.85 + e / 100, seconds=60.0,
                     **({"test_acc": 0.84 + e / 100} if curve else {})) for e in (1, 2)]
-    return dict(preset=preset, seed=seed, test_acc=test_acc, val_acc=0.9, best_epoch=2, epochs=2, train_seconds=120.0,
-                hardware="AMD EPYC (2 cores, 2 threads)", precision="fp32", git_commit="abc1234def",
-                command=f"python train.py --preset {preset} --seed {seed}", history=history, **kw)
+    return {**dict(preset=preset, seed=seed, test_acc=test_acc, val_acc=0.9, best_epoch=2, epochs=2,
+                   train_seconds=120.0, hardware="AMD EPYC (2 cores, 2 threads)", precision="fp32",
+                   git_commit="abc1234def", command=f"python train.py --preset {preset} --seed {seed}",
+                   history=history), **(as_recorded(preset) if preset in PRESETS else {}), **kw}
 
 
 def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_runs(tmp_path):
@@ -67,35 +77,61 @@ def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_run
     table = render.render_presets(tmp_path)
     assert table.count("| `quick` |") == 1 and "`seed`" not in table
     assert "| 0, 1, 2 | **92.00** ± 1.00 % |" in table
-    # the same preset name with another network (a preset redefined later) is a row of its own
-    older = run_json("quick", 0, 0.80, model=dict(patch=4, dim=64, blocks=[{}] * 4))
+    # the same preset name with another network (a preset redefined later) is not the preset now: left out,
+    # and a row of its own among every recorded version
+    older = run_json("quick", 0, 0.80, model=dict(patch=4, dim=64, blocks=[{}] * 4), recipe={})
     (runs / "quick-v1.json").write_text(json.dumps(older))
-    table = render.render_presets(tmp_path)
+    assert render.render_presets(tmp_path) == table
+    table = render.render_presets(tmp_path, superseded=True)
     assert table.count("| `quick` |") == 2 and "| `quick` | K=4, width 64, 4 blocks | 2 | 0 | **80.00** ± 0.00 % |" in table
     # ... and so is the same network evaluated on a moving average of its weights (recipe.ema)
     averaged = run_json("quick", 0, 0.85, model=dict(patch=4, dim=64, blocks=[{}] * 4), recipe=dict(ema=0.998))
     (runs / "quick-ema.json").write_text(json.dumps(averaged))
-    table = render.render_presets(tmp_path)
+    table = render.render_presets(tmp_path, superseded=True)
     assert table.count("| `quick` |") == 3 and "| `quick` | K=4, width 64, 4 blocks, EMA 0.998 | 2 | 0 | **85.00** ±" in table
     # ... and the same network trained by another optimiser (recipe.optimizer)
     muon = run_json("quick", 0, 0.86, model=dict(patch=4, dim=64, blocks=[{}] * 4), recipe=dict(ema=0.998, optimizer="muon"))
     (runs / "quick-muon.json").write_text(json.dumps(muon))
-    table = render.render_presets(tmp_path)
+    table = render.render_presets(tmp_path, superseded=True)
     assert table.count("| `quick` |") == 4 and "| `quick` | K=4, width 64, 4 blocks, Muon, EMA 0.998 | 2 | 0 | **86.00** ±" in table
     # ... and the same network evaluated with shifted views averaged (model.shift_tta)
     shifts = run_json("quick", 0, 0.87, model=dict(patch=4, dim=64, blocks=[{}] * 4, shift_tta=1),
                       recipe=dict(ema=0.998, optimizer="muon"))
     (runs / "quick-tta.json").write_text(json.dumps(shifts))
-    table = render.render_presets(tmp_path)
+    table = render.render_presets(tmp_path, superseded=True)
     assert table.count("| `quick` |") == 5 and ("| `quick` | K=4, width 64, 4 blocks, ±1 px shift averaging, Muon, "
                                                 "EMA 0.998 | 2 | 0 | **87.00** ±") in table
     # ... and a network whose token MLPs are narrower (their hidden width)
-    narrow = run_json("quick", 0, 0.88, model=dict(patch=4, dim=64, blocks=[dict(tokens=[49, 16, 49], features=[64, 256, 64])] * 4))
+    narrow = run_json("quick", 0, 0.88, model=dict(patch=4, dim=64, blocks=[dict(tokens=[49, 16, 49], features=[64, 256, 64])] * 4),
+                      recipe={})
     (runs / "quick-narrow.json").write_text(json.dumps(narrow))
-    table = render.render_presets(tmp_path)
+    table = render.render_presets(tmp_path, superseded=True)
     assert table.count("| `quick` |") == 6 and "| `quick` | K=4, width 64, 4 blocks, token MLPs 16 wide | 2 | 0 | **88.00** ±" in table
     curve = render.render_seed_curve(tmp_path)
     assert "| 1 | 1.0000 | 86.00 % | 85.00 % | 60 |" in curve and "| 2 |" in curve
+
+
+def test_a_run_that_is_not_the_preset_now_is_left_out_of_every_preset_table(tmp_path):
+    """The file names say nothing: what the run recorded decides. Another validation schedule, other epochs, a
+    cap or an extension make a run a trial of its preset, not one of its seeds."""
+    dev = "AMD EPYC (2 cores, 2 threads, AVX2)"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for s in (0, 1, 2):
+        (runs / f"quick-avx2-seed{s}.json").write_text(json.dumps(run_json("quick", s, 0.92, hardware=dev)))
+    odd = {"quick-avx2-seed3": dict(as_recorded("quick", val_every=5)),
+           "quick-avx2-seed4": dict(as_recorded("quick", epochs=12)),
+           "quick-avx2-seed5": dict(capped=True), "quick-avx2-seed6": dict(extended=[dict(at_epoch=5)]),
+           "quick-avx2-seed7": dict(model=dict(as_recorded("quick")["model"], dim=80))}
+    for name, kw in odd.items():
+        (runs / f"{name}.json").write_text(json.dumps(run_json("quick", 3, 0.50, hardware=dev, **kw)))
+    table = render.render_presets(tmp_path)
+    assert "| 0, 1, 2 | **92.00** ± 0.00 % |" in table and "50.00" not in table and "seed3" not in table
+    assert "quick-avx2-seed0, quick-avx2-seed1, quick-avx2-seed2 |" in render.render_targets(tmp_path)
+    assert "50.00" not in render.render_targets(tmp_path) and "**92.00** ± 0.00 % (n=3)" in render.render_baselines(tmp_path)
+    every = render.render_presets(tmp_path, superseded=True)
+    assert every.count("| **50.00** ± 0.00 % |") == 5 and every.count("| no |") == 5, "each version its own row"
+    assert "| quick-avx2-seed0, quick-avx2-seed1, quick-avx2-seed2 | yes |" in every
 
 
 def test_targets_table_measures_on_the_development_cpu_and_needs_three_seeds(tmp_path):
@@ -221,7 +257,7 @@ def test_max_seconds_caps_a_trial_and_the_record_says_so(tmp_path):
     assert m["epochs"] == 1 and m["capped"] is True and m["max_seconds"] == 0.001 \
         and m["preset_epochs"] == PRESETS["default"].recipe.epochs
     (tmp_path / "x.md").write_text("")
-    r = subprocess.run([sys.executable, "tools/render.py", "--record-trial", str(out), "--results", str(tmp_path),
+    r = subprocess.run([sys.executable, "-m", "tools.render", "--record-trial", str(out), "--results", str(tmp_path),
                         "--readme", str(tmp_path / "x.md")], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "trials" / "capped.json").read_text())["capped"] is True
@@ -274,3 +310,35 @@ def test_a_patch_study_without_model_configs_says_its_presets_are_of_its_commit(
     study["rows"] = [dict(row, model={"patch": 4}, recipe={})]
     (tmp_path / "patch_study.json").write_text(json.dumps(study))
     assert "the network it was at commit" not in render.render_patch_study(tmp_path)
+
+
+def test_a_gpu_results_folder_renders_its_own_rows(tmp_path):
+    """What `make gpu-results` brings back, copied into results/: the GPU's 200-epoch seed curve is shown over a
+    CPU's 3-epoch one, `best`'s target row comes from its runs, and a capped run says so wherever it appears."""
+    gpu = "NVIDIA H200"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for s, acc in enumerate((0.946, 0.948, 0.950)):
+        (runs / f"best-gpu-seed{s}.json").write_text(json.dumps(run_json("best", s, acc, hardware=gpu,
+                                                                         device="cuda:0", precision="bf16")))
+    cpu_curve = run_json("seed", 0, 0.85, curve=True)
+    gpu_curve = dict(run_json("seed", 0, 0.88, hardware=gpu, device="cuda:0", command="python -m tools.gpu_results"),
+                     history=[dict(epoch=e, train_loss=1 / e, val_acc=0.8, test_acc=0.8 + e / 1000, seconds=1.0)
+                              for e in range(1, 201)])
+    (runs / "seed-curve-cpu.json").write_text(json.dumps(cpu_curve))
+    (runs / "seed-curve-gpu.json").write_text(json.dumps(gpu_curve))
+    targets = {line.split(" | ")[0]: line for line in render.render_targets(tmp_path).splitlines()[2:]}
+    assert "94.80 % test (mean)" in targets["| `best`"] and targets["| `best`"].endswith("| **yes** |")
+    assert "best-gpu-seed0, best-gpu-seed1, best-gpu-seed2" in targets["| `best`"]
+    curve = render.render_seed_curve(tmp_path)
+    assert "NVIDIA H200" in curve and "| 200 |" in curve and "python -m tools.gpu_results" in curve
+    for s in range(3):  # the same seeds, each stopped by the GPU run's cap
+        capped = dict(run_json("best", s, 0.90, hardware=gpu, device="cuda:0", precision="bf16"), capped=True,
+                      max_seconds=300, epochs=31)
+        (runs / f"best-gpu-seed{s}.json").write_text(json.dumps(capped))
+    row = next(line for line in render.render_targets(tmp_path).splitlines() if line.startswith("| `best`"))
+    assert "capped at 300 s after 31/31/31 of 40 epochs: not the recipe" in row and row.endswith("| no |")
+    assert "| `best` |" not in render.render_presets(tmp_path), "a capped run is no seed of its preset"
+    assert "31 (capped)" in render.render_presets(tmp_path, superseded=True)
+    (tmp_path / "trials").mkdir()
+    assert "31 (capped)" in render.render_frontier(tmp_path)

@@ -5,9 +5,9 @@ the CPU's measured ratio (mlp/records.py), and each candidate's epochs are those
 per epoch measured here first. One training at a time; each trial is recorded as it finishes, and a recorded
 one is not trained again.
 
-    python -m tools.baselines plan               # per baseline and budget: trials recorded, the choice, seeds
-    python -m tools.baselines search cnn 600     # train the candidates not yet recorded, then say the choice
-    python -m tools.baselines adopt cnn 600 avx512   # the chosen trial is seed 0 of preset cnn-600
+    python -m tools.baseline_search plan               # per baseline and budget: trials recorded, the choice, seeds
+    python -m tools.baseline_search search cnn 600     # train the candidates not yet recorded, then say the choice
+    python -m tools.baseline_search adopt cnn 600 avx512   # the chosen trial is seed 0 of preset cnn-600
     make seeds PRESET=cnn-600 SEEDS="1 2" TAG=avx512 ARGS='--precision fp32'   # and seeds 1, 2
 
 `adopt` checks that the preset NAME-SECONDS (written into mlp/recipe.py from the choice) is the chosen trial's
@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from mlp import records
@@ -62,53 +60,6 @@ def trial_name(arch: str, budget: int, candidate: str) -> str:
     return f"bl-{arch}-{budget}-{candidate}"
 
 
-class Probe:
-    """A stop signal for Trainer.fit_epoch, which reads it once after each step: requested `seconds` after the
-    first step. It times the epoch's start (the loader's shuffle and augmentation, and the first step) apart
-    from the steps after it."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.reads, self.made = seconds, [], time.perf_counter()
-
-    @property
-    def requested(self) -> bool:
-        self.reads.append(time.perf_counter())
-        return self.reads[-1] - self.reads[0] >= self.seconds
-
-
-def seconds_per_epoch(arch: str, overrides: dict, seconds: float = 6.0) -> float:
-    """One epoch's training seconds here: its start, and the steps after it at the rate of `seconds` of them
-    on the real data (after a warm-up epoch start and a second of steps)."""
-    import torch
-
-    from mlp import data
-    from mlp.loop import Trainer, seed_everything
-    from mlp.nets import build_net
-    from mlp.recipe import get_preset
-
-    model, recipe = get_preset(arch, **overrides)
-    seed_everything(0)
-    trainer = Trainer(build_net(model), recipe, data.loaders(recipe, eval_limit=recipe.batch_size),
-                      torch.device("cpu"), "fp32")
-    trainer.fit_epoch(1, Probe(1.0))  # warm-up: first calls allocate and pick kernels
-    probe = Probe(seconds)
-    trainer.fit_epoch(2, probe)
-    begin, steps = probe.reads[0] - probe.made, len(probe.reads) - 1  # (a small network may end its epoch)
-    return begin + (probe.reads[-1] - probe.reads[0]) / steps * (len(trainer.train_iter) - 1)
-
-
-def local_seconds(budget: float) -> tuple[float, str]:
-    import torch
-
-    from mlp import hardware
-    where = hardware.describe(torch.device("cpu"))
-    ratio = records.dev_cpu_ratio(where)
-    if ratio is None:
-        raise SystemExit(f"error: no measured ratio of development-CPU seconds for this CPU ({where}); budgets "
-                         f"are set on the AVX2 or the AVX-512 CPU (mlp/records.py)")
-    return budget / ratio, where
-
-
 def load_trials(arch: str, budget: int) -> dict[str, dict]:
     out = {}
     for name in candidates(arch, budget):
@@ -123,28 +74,33 @@ def choice(trials: dict[str, dict]) -> str | None:
     return max(trials, key=lambda n: trials[n]["val_acc"]) if trials else None
 
 
-def search(arch: str, budget: int):
-    here, where = local_seconds(budget)
-    done = load_trials(arch, budget)
-    for name, overrides in candidates(arch, budget).items():
+def search(arch: str, seconds: int):
+    from mlp import budget
+    from mlp.recipe import get_preset
+    try:
+        here, where = budget.local_seconds(seconds)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    done = load_trials(arch, seconds)
+    for name, overrides in candidates(arch, seconds).items():
         if name in done:
             continue
-        per_epoch = seconds_per_epoch(arch, overrides)
-        epochs = min(MAX_EPOCHS, math.floor(here / per_epoch))
+        per_epoch = budget.seconds_per_epoch(*get_preset(arch, **overrides))
+        epochs = budget.epochs_within(here, per_epoch, MAX_EPOCHS)
         if epochs < 1:
-            print(f"{arch} {budget} s {name}: one epoch takes {per_epoch:.0f} s here, over the {here:.0f} s "
+            print(f"{arch} {seconds} s {name}: one epoch takes {per_epoch:.0f} s here, over the {here:.0f} s "
                   f"budget; not trained", flush=True)
             continue
-        print(f"{arch} {budget} s {name}: {per_epoch:.1f} s/epoch here ({where}) -> {epochs} epochs in "
+        print(f"{arch} {seconds} s {name}: {per_epoch:.1f} s/epoch here ({where}) -> {epochs} epochs in "
               f"{here:.0f} s", flush=True)
         sets = {**overrides, **({"val_every": epochs} if arch == "cnn" else {})}
-        out = ROOT / "runs" / trial_name(arch, budget, name)
+        out = ROOT / "runs" / trial_name(arch, seconds, name)
         cmd = [sys.executable, "train.py", "--preset", arch, "--epochs", str(epochs), "--precision", "fp32",
                "--seed", "0", "--out", str(out.relative_to(ROOT)), "--quiet"]
         cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
         subprocess.run(cmd, cwd=ROOT, check=True)
         record_run(out, kind="trials")  # (no rendering here: the pages change, and runs after would be "-dirty")
-    plan(arch, budget)
+    plan(arch, seconds)
 
 
 def adopt(arch: str, budget: int, tag: str, folder: Path = ROOT / "results"):
@@ -168,6 +124,12 @@ def adopt(arch: str, budget: int, tag: str, folder: Path = ROOT / "results"):
     print(f"wrote {target}: {preset} seed 0 = {trial_name(arch, budget, best)}")
 
 
+def chosen_fields(arch: str, trial: dict) -> dict:
+    """The fields of the base preset the trial changed (epochs included): the preset NAME-SECONDS's definition."""
+    now, base = as_now(trial), current_presets()[arch]
+    return {k: v for part in ("model", "recipe") for k, v in now[part].items() if v != base[part][k]}
+
+
 def plan(arch: str | None = None, budget: int | None = None):
     for a, budgets in BUDGETS.items():
         for b in budgets:
@@ -181,6 +143,8 @@ def plan(arch: str | None = None, budget: int | None = None):
             for n, t in trials.items():
                 print(f"  {n:14s} val {100 * t['val_acc']:.2f} %  {t['epochs']:3d} epochs  "
                       f"{t['train_seconds']:6.0f} s  {t['hardware']}")
+            if best:
+                print(f"  mlp/recipe.py CHOSEN: \"{a}-{b}\": (\"{a}\", {chosen_fields(a, trials[best])!r}),")
 
 
 def main(argv=None):

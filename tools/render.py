@@ -50,7 +50,9 @@ def render_make_run(folder: Path) -> str:
     m = load(folder / "make_run_cpu.json", ("test_acc", "val_acc", "best_epoch", "epochs", "train_seconds",
                                              "notebook_wall_seconds", "hardware", "precision", "params",
                                              "torch", "git_commit", "preset"))
-    rows = [("preset", f"`{m['preset']}`"), ("test accuracy (10,000 test images, evaluated once)", pct(m["test_acc"])),
+    now = "model" in m and is_current(dict(m, history=m.get("history", [])), current_presets())
+    preset = f"`{m['preset']}`" + ("" if now else f" as it was at commit {str(m['git_commit'])[:7]}, not as it is now")
+    rows = [("preset", preset), ("test accuracy (10,000 test images, evaluated once)", pct(m["test_acc"])),
             (f"validation accuracy (model selection; best of {m['epochs']} epochs: epoch {m['best_epoch']})",
              pct(m["val_acc"])),
             ("training time (sum of epochs)", f"{m['train_seconds']:.0f} s"),
@@ -162,6 +164,9 @@ def network(r: dict) -> str:
     evaluation, whether it trained with Muon and whether its weights were a moving average (a preset's name
     outlives its recipe: the run records which)."""
     m = r.get("model") or r.get("config") or {}
+    if "arch" in m:  # a baseline (baselines.py)
+        return (f"baseline {m['arch']}" + (f", width {m['width']}" if m.get("width") else "")
+                + (f", ±{m['shift_tta']} px shift averaging" if m.get("shift_tta") else ""))
     if not {"patch", "dim", "blocks"} <= set(m):
         return "—"
     recipe = r.get("recipe") or {}
@@ -211,18 +216,25 @@ def render_presets(folder: Path, superseded: bool = False) -> str:
     The runs of the presets as they are now only (`is_current`), unless `superseded` (then every recorded run)."""
     groups, presets = {}, current_presets()
     for r in load_runs(folder):
-        if not full_data(r) or not (superseded or is_current(r, presets)):
+        now = is_current(r, presets)
+        if not full_data(r) or not (superseded or now):
             continue
-        groups.setdefault((r["preset"], network(r), r["epochs"], r["hardware"], r["precision"]), []).append(r)
+        what = json.dumps([as_now(r) or r.get("model"), r.get("capped"), r.get("extended")], sort_keys=True)
+        groups.setdefault((r["preset"], network(r), r["epochs"], r["hardware"], r["precision"], not now, what),
+                          []).append(r)
     lines = ["| preset | network | epochs | seeds | test accuracy | validation accuracy | training time | hardware | "
              "runs (results/runs/) |", "| --- | --- | ---: | --- | --- | --- | ---: | --- | --- |"]
-    for (preset, net, epochs, hw, prec), rs in sorted(groups.items()):
+    if superseded:
+        lines = [lines[0] + " the preset now? |", lines[1] + " :---: |"]
+    for (preset, net, epochs, hw, prec, old, _), rs in sorted(groups.items()):
         rs.sort(key=lambda r: r["seed"])
         (te, te_sd), (va, va_sd), (sec, _) = (records.mean_std([r[k] for r in rs])
                                               for k in ("test_acc", "val_acc", "train_seconds"))
+        now = f" {'no' if old else 'yes'} |" if superseded else ""
+        epochs = f"{epochs} (capped)" if any(r.get("capped") for r in rs) else epochs
         lines.append(f"| `{preset}` | {net} | {epochs} | {', '.join(str(r['seed']) for r in rs)} | "
                      f"**{100 * te:.2f}** ± {100 * te_sd:.2f} % | {100 * va:.2f} ± {100 * va_sd:.2f} % | "
-                     f"{sec:.0f} s | {hw}, {prec} | {', '.join(r['file'].removesuffix('.json') for r in rs)} |")
+                     f"{sec:.0f} s | {hw}, {prec} | {', '.join(r['file'].removesuffix('.json') for r in rs)} |{now}")
     return "\n".join(lines)
 
 
@@ -267,6 +279,26 @@ def target_row(preset: str, rs: list[dict], ratio: float) -> str:
             f"{', '.join(r['file'].removesuffix('.json') for r in rs)} | {'**yes**' if met else 'no'} |")
 
 
+def gpu_target_row(preset: str, rs: list[dict], presets: dict) -> str:
+    """A GPU target from its GPU runs of the preset as it is now; capped runs (not the recipe) are named as
+    such and meet nothing."""
+    goal, _, acc, _ = TARGETS[preset]
+    current = [r for r in rs if is_current(r, presets)]
+    capped = [r for r in rs if r.get("capped") and not r.get("extended")]
+    if not current and not capped:
+        return f"| `{preset}` | {goal} | not trained on a GPU yet | — | — | — | no |"
+    shown = current or capped
+    test, _ = records.mean_std(r["test_acc"] for r in shown)
+    measured = f"{pct(test)} test (mean) in ≤ {max(r['train_seconds'] for r in shown):,.0f} s"
+    if not current:
+        measured += (f"; capped at {max(r.get('max_seconds') or 0 for r in shown):,.0f} s after "
+                     f"{'/'.join(str(r['epochs']) for r in shown)} of {shown[0]['recipe']['epochs']} epochs: "
+                     f"not the recipe")
+    met = bool(current) and len(current) >= 3 and test >= acc
+    return (f"| `{preset}` | {goal} | {measured} | {len(shown)} | {shown[0]['hardware']}, {shown[0]['precision']} | "
+            f"{', '.join(r['file'].removesuffix('.json') for r in shown)} | {'**yes**' if met else 'no'} |")
+
+
 def render_targets(folder: Path) -> str:
     """Each preset against its target, from its current runs (results/runs/, superseded versions aside): those
     of the development CPU, and while it has fewer than three seeds also the AVX-512 CPU's, its seconds x
@@ -274,10 +306,12 @@ def render_targets(folder: Path) -> str:
     lines = ["| preset | target | measured | seeds | hardware, precision | runs (results/runs/) | met? |",
              "| --- | --- | --- | ---: | --- | --- | --- |"]
     presets = current_presets()
-    runs = [r for r in load_runs(folder) if is_current(r, presets)]
+    every = load_runs(folder)
+    runs = [r for r in every if is_current(r, presets)]
     for preset, (goal, budget, _, _) in TARGETS.items():
         if budget is None:  # a GPU target: its runs come from `make gpu-results`
-            lines.append(f"| `{preset}` | {goal} | not trained on a GPU yet | — | — | — | no |")
+            lines.append(gpu_target_row(preset, [r for r in every if r["preset"] == preset and full_data(r)
+                                                 and str(r.get("device", "")).startswith("cuda")], presets))
             continue
         mine = [r for r in runs if r["preset"] == preset and r["precision"] == "fp32"]
         dev = [r for r in mine if r["hardware"].endswith(DEV_CPU)]
@@ -317,10 +351,10 @@ def cell(rs: list[dict], ratio: float) -> str:
             f"{est}{min(secs):,.0f}–{max(secs):,.0f} s, {rs[0]['epochs']} ep.")
 
 
-def render_baselines(folder: Path) -> str:
+def render_baselines(folder: Path, presets: dict | None = None) -> str:
     """Accuracy at equal CPU time: per budget (development-CPU seconds of training), each baseline's preset
     for that budget (NAME-SECONDS) and the all-MLP preset made for it, over their current runs."""
-    runs, presets = load_runs(folder), current_presets()
+    runs, presets = load_runs(folder), presets or current_presets()
     lines = ["| budget | " + " | ".join(f"`{b}`" for b in BASELINES) + " | best all-MLP |",
              "| ---: | " + " | ".join("---" for _ in BASELINES) + " | --- |"]
     for budget in BUDGETS:
@@ -332,14 +366,38 @@ def render_baselines(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def render_baseline_search(folder: Path) -> str:
+    """Each baseline's search at each budget (results/trials/bl-*.json): every candidate, seed 0, and the one
+    validation chose (★), which its preset NAME-SECONDS became."""
+    from tools import baseline_search as baselines  # (it imports this module)
+    lines = ["| baseline | budget | candidate | epochs | training s | validation | test | hardware | chosen |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | :---: |"]
+    for arch, budgets in baselines.BUDGETS.items():
+        for budget in budgets:
+            trials = {n: dict(load(folder / "trials" / f"{baselines.trial_name(arch, budget, n)}.json", RUN_KEYS))
+                      for n in baselines.candidates(arch, budget)
+                      if (folder / "trials" / f"{baselines.trial_name(arch, budget, n)}.json").exists()}
+            best = baselines.choice(trials)
+            if not trials:
+                lines.append(f"| `{arch}` | {budget:,} s | not searched yet | | | | | | |")
+            for n, t in trials.items():
+                lines.append(f"| `{arch}` | {budget:,} s | {n} | {t['epochs']} | {t['train_seconds']:.0f} | "
+                             f"{pct(t['val_acc'])} | {pct(t['test_acc'])} | {t['hardware']} | "
+                             f"{'★' if n == best else ''} |")
+    return "\n".join(lines)
+
+
 def render_seed_curve(folder: Path) -> str:
     """Per-epoch test (and validation) accuracy of the runs recorded with --test-curve."""
     runs = [r for r in load_runs(folder) if all("test_acc" in h for h in r["history"])]
     if not runs:
         raise ResultsError(f"no run in {folder / 'runs'} has a per-epoch test curve; record one made with "
                            f"train.py --test-curve")
-    r = runs[0]
-    lines = [f"`{r['command']}` (seed {r['seed']}, {r['hardware']}, {r['precision']}, commit {str(r['git_commit'])[:7]}):",
+    # The longest curve (the GPU's 200 epochs over a CPU's few), a GPU's before a CPU's of the same length
+    r = max(runs, key=lambda r: (len(r["history"]), str(r.get("device", "")).startswith("cuda"), r["file"]))
+    capped = f"; capped after {len(r['history'])} of {r['recipe']['epochs']} epochs" if r.get("capped") else ""
+    lines = [f"`{r['command']}` (seed {r['seed']}, {r['hardware']}, {r['precision']}, commit {str(r['git_commit'])[:7]}"
+             f"{capped}):",
              "", "| epoch | train loss | validation | test | seconds |", "| ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {h['epoch']} | {h['train_loss']:.4f} | {pct(h['val_acc'])} | {pct(h['test_acc'])} | "
               f"{h['seconds']:.0f} |" for h in r["history"]]
@@ -350,7 +408,7 @@ def render_patch_study(folder: Path) -> str:
     st = load(folder / "patch_study.json", ("summary", "verdict", "hardware", "precision", "command", "git_commit"))
     lines = [records.study_table(st["summary"])]
     lines += ["", f"`{st['command']}` on {st['hardware']}, {st['precision']}, commit {str(st['git_commit'])[:7]}. "
-              + " ".join(st["verdict"])]
+              + (st["rule"] + " " if "rule" in st else "") + " ".join(st["verdict"])]
     if any("model" not in r for r in st.get("rows", [])):
         lines[-1] += (f" These rows predate the record of each run's model config: each preset is the network it "
                       f"was at commit {str(st['git_commit'])[:7]} (`quick` has changed since), and `make study` "
@@ -413,13 +471,20 @@ def render_frontier(folder: Path) -> str:
 
 def plot_frontier(folder: Path, png: Path):
     """results/frontier.png: every point (stars: preset runs), one colour and one best-so-far line per hardware
-    and precision (seconds on different CPUs are not comparable), the anchors as reference lines."""
+    and precision (seconds on different CPUs are not comparable) for the all-MLP runs, the baselines in red
+    without a line, the anchors as reference lines."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
     pts = frontier_points(folder)
     fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.subplots()
+    baseline = [r for r in pts if "arch" in (r.get("model") or {})]  # drawn apart, in their own colour
+    pts = [r for r in pts if r not in baseline]
+    for kind, marker, size in (("trials", "o", 30), ("runs", "*", 140)):
+        sel = [r for r in baseline if r["kind"] == kind]
+        ax.scatter([r["train_seconds"] for r in sel], [100 * r["test_acc"] for r in sel], marker=marker, s=size,
+                   color="tab:red", zorder=4, label="baselines (softmax, d2l MLP, LeNet, CNN)" if kind == "runs" else None)
     machines = list(dict.fromkeys(f"{r['hardware']}, {r['precision']}" for r in pts))
     for m, color in zip(machines, ("tab:gray", "tab:blue", "tab:green", "tab:purple", "tab:orange")):
         mine = [r for r in pts if f"{r['hardware']}, {r['precision']}" == m]
@@ -439,7 +504,7 @@ def plot_frontier(folder: Path, png: Path):
         ax.axhline(100 * y, ls="--", lw=1, color="k", alpha=0.5)
         ax.annotate(label, (0.01, 100 * y), xycoords=("axes fraction", "data"), fontsize=8, va="bottom")
     ax.set(xscale="log", xlabel="training seconds (log scale)", ylabel="test accuracy (%)",
-           title="Test accuracy against training seconds: every recorded run")
+           title="Test accuracy against training seconds: every recorded run (baselines in red)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.savefig(png, dpi=110)
@@ -503,7 +568,7 @@ RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": 
              "presets": render_presets, "targets": render_targets,
              "presets_all": lambda folder: render_presets(folder, superseded=True),
              "seed_curve": render_seed_curve, "patch_study": render_patch_study, "best_probe": render_best_probe,
-             "baselines": render_baselines, "model_card": render_model_card, "model_classes": render_model_classes}
+             "baselines": render_baselines, "baseline_search": render_baseline_search, "model_card": render_model_card, "model_classes": render_model_classes}
 
 
 def render(text: str, folder: Path = HERE) -> str:
