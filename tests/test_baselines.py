@@ -121,3 +121,14 @@ def test_the_baselines_table_is_per_budget_mean_and_std_over_seeds(tmp_path):
     row = next(line for line in render.render_baselines(tmp_path, presets).splitlines() if line.startswith("| 600 s |"))
     assert "**91.00** ± 1.00 % (n=3); val 90.00 %; ≈ 384–384 s, 2 ep." in row, "AVX-512 seconds x 3.2"
     assert row.endswith("| `quick`: not run yet |")
+
+
+def test_a_baseline_run_resumes_from_its_checkpoint_and_extends(tmp_path):
+    out = tmp_path / "lenet"
+    common = ["--train-limit", "512", "--eval-limit", "256", "--quiet"]
+    r = train_here("--preset", "lenet", "--epochs", "1", "--out", str(out), *common)
+    assert r.returncode == 0, r.stderr
+    r = train_here("--resume", str(out), "--epochs", "2", *common)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs"] == 2 and m["model"]["arch"] == "lenet" and m["extended"][0]["epochs_to"] == 2

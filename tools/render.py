@@ -211,13 +211,14 @@ def is_current(r: dict, presets: dict[str, dict]) -> bool:
             and as_now(r) == now)
 
 
-def render_presets(folder: Path, superseded: bool = False) -> str:
+def render_presets(folder: Path, superseded: bool = False, baselines: bool = False) -> str:
     """One row per (preset, network, epochs, hardware) in results/runs/: test and validation mean ± std over seeds.
-    The runs of the presets as they are now only (`is_current`), unless `superseded` (then every recorded run)."""
+    The runs of the presets as they are now only (`is_current`), unless `superseded` (then every recorded run);
+    the all-MLP presets only, unless `baselines` (their own table: `render_baselines`)."""
     groups, presets = {}, current_presets()
     for r in load_runs(folder):
         now = is_current(r, presets)
-        if not full_data(r) or not (superseded or now):
+        if not full_data(r) or not (superseded or now) or ("arch" in (r.get("model") or {}) and not baselines):
             continue
         what = json.dumps([as_now(r) or r.get("model"), r.get("capped"), r.get("extended")], sort_keys=True)
         groups.setdefault((r["preset"], network(r), r["epochs"], r["hardware"], r["precision"], not now, what),
@@ -566,7 +567,7 @@ RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": 
              "bench_avx512": lambda folder: render_bench(folder, "bench_cpu_avx512.json"),
              "profile": render_profile, "muon_ns": render_muon_ns, "live_overhead": render_live_overhead,
              "presets": render_presets, "targets": render_targets,
-             "presets_all": lambda folder: render_presets(folder, superseded=True),
+             "presets_all": lambda folder: render_presets(folder, superseded=True, baselines=True),
              "seed_curve": render_seed_curve, "patch_study": render_patch_study, "best_probe": render_best_probe,
              "baselines": render_baselines, "baseline_search": render_baseline_search, "model_card": render_model_card, "model_classes": render_model_classes}
 
