@@ -93,9 +93,13 @@ def test_a_baseline_trains_by_train_py_and_predict_py_answers_with_its_views(pre
                                                                                 abs=1e-5)
 
 
-def test_the_search_chooses_on_validation_and_never_reads_the_test_set():
-    trials = {"a": dict(val_acc=0.90, test_acc=0.95), "b": dict(val_acc=0.91, test_acc=0.80)}
-    assert programme.choice(trials) == "b" and programme.choice({}) is None
+def test_the_search_chooses_on_validation_within_the_budget_and_never_reads_the_test_set():
+    avx512 = "AMD EPYC (2 cores, 2 threads, AVX-512+BF16)"
+    trials = {"a": dict(val_acc=0.90, test_acc=0.95, train_seconds=180.0, hardware=avx512),
+              "b": dict(val_acc=0.91, test_acc=0.80, train_seconds=180.0, hardware=avx512),
+              "c": dict(val_acc=0.95, test_acc=0.95, train_seconds=248.0, hardware=avx512)}  # 794 s of 600
+    assert programme.choice(trials, 600) == "b" and programme.choice({}, 600) is None
+    assert not programme.within(trials["c"], 600) and programme.within(dict(trials["c"], train_seconds=200.0), 600)
 
 
 def test_every_budget_preset_is_its_chosen_trial():
@@ -104,7 +108,7 @@ def test_every_budget_preset_is_its_chosen_trial():
         for budget in budgets:
             preset, trials = f"{arch}-{budget}", programme.load_trials(arch, budget)
             if preset in PRESETS:
-                best = programme.choice(trials)
+                best = programme.choice(trials, budget)
                 assert best is not None, f"{preset} exists without its search's trials"
                 assert render.as_now(trials[best]) == render.current_presets()[preset], preset
 

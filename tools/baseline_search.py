@@ -27,6 +27,7 @@ from tools.render import as_now, current_presets, record_run
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = ROOT / "results" / "trials"
 BUDGETS = {"softmax": (60, 600), "d2l-mlp": (60, 600), "lenet": (60, 600, 1800), "cnn": (60, 600, 1800)}
+TOLERANCE = 1.10  # a trial more than 10 % over its budget is not chosen: it is refitted to its measured epochs
 MAX_EPOCHS = 100  # softmax regression and the d2l MLP converge long before the 1,875 and 470 epochs 600 s holds
 # What each search tries (--set overrides of the base preset, mlp/recipe.py), epochs aside: the book's recipe,
 # then what the MLP presets learned (AdamW or Nesterov momentum, a cosine schedule; shifts and flips in training
@@ -60,18 +61,34 @@ def trial_name(arch: str, budget: int, candidate: str) -> str:
     return f"bl-{arch}-{budget}-{candidate}"
 
 
-def load_trials(arch: str, budget: int) -> dict[str, dict]:
+def load_trials(arch: str, budget: int, folder: Path | None = None) -> dict[str, dict]:
+    """The recorded trials of a search, by name: each candidate's, and its refits ("NAME@Nep")."""
+    folder = folder or TRIALS
     out = {}
     for name in candidates(arch, budget):
-        f = TRIALS / f"{trial_name(arch, budget, name)}.json"
-        if f.exists():
-            out[name] = json.loads(f.read_text())
+        for f in [folder / f"{trial_name(arch, budget, name)}.json",
+                  *sorted(folder.glob(f"{trial_name(arch, budget, name)}@*ep.json"))]:
+            if f.exists():
+                out[f.stem.removeprefix(trial_name(arch, budget, ""))] = json.loads(f.read_text())
     return out
 
 
-def choice(trials: dict[str, dict]) -> str | None:
-    """The candidate validation chose (its best epoch's validation accuracy); the test set is not read."""
-    return max(trials, key=lambda n: trials[n]["val_acc"]) if trials else None
+def dev_seconds(t: dict) -> float | None:
+    ratio = records.dev_cpu_ratio(t["hardware"])
+    return None if ratio is None else ratio * t["train_seconds"]
+
+
+def within(t: dict, budget: int) -> bool:
+    """Whether a trial trained within its budget, give or take TOLERANCE (the probe's error)."""
+    spent = dev_seconds(t)
+    return spent is not None and spent <= budget * TOLERANCE
+
+
+def choice(trials: dict[str, dict], budget: int | None = None) -> str | None:
+    """The candidate validation chose (its best epoch's validation accuracy) among those that trained within
+    the budget; the test set is not read."""
+    fair = {n: t for n, t in trials.items() if budget is None or within(t, budget)}
+    return max(fair, key=lambda n: fair[n]["val_acc"]) if fair else None
 
 
 def search(arch: str, seconds: int):
@@ -83,16 +100,22 @@ def search(arch: str, seconds: int):
         raise SystemExit(f"error: {e}")
     done = load_trials(arch, seconds)
     for name, overrides in candidates(arch, seconds).items():
-        if name in done:
+        tried = [t for n, t in done.items() if n == name or n.startswith(f"{name}@")]
+        if any(within(t, seconds) for t in tried):
             continue
-        per_epoch = budget.seconds_per_epoch(*get_preset(arch, **overrides))
+        if tried:  # over its budget: again, with the epochs its own run's seconds per epoch fit
+            last = min(tried, key=lambda t: t["epochs"])
+            per_epoch, how = last["train_seconds"] / last["epochs"], f"its {last['epochs']}-epoch run"
+        else:
+            per_epoch, how = budget.seconds_per_epoch(*get_preset(arch, **overrides)), "a probe"
         epochs = budget.epochs_within(here, per_epoch, MAX_EPOCHS)
-        if epochs < 1:
-            print(f"{arch} {seconds} s {name}: one epoch takes {per_epoch:.0f} s here, over the {here:.0f} s "
-                  f"budget; not trained", flush=True)
+        if epochs < 1 or (tried and epochs >= last["epochs"]):
+            print(f"{arch} {seconds} s {name}: {per_epoch:.0f} s per epoch here; no whole number of epochs fits "
+                  f"the {here:.0f} s budget; not trained", flush=True)
             continue
-        print(f"{arch} {seconds} s {name}: {per_epoch:.1f} s/epoch here ({where}) -> {epochs} epochs in "
-              f"{here:.0f} s", flush=True)
+        name = f"{name}@{epochs}ep" if tried else name
+        print(f"{arch} {seconds} s {name}: {per_epoch:.1f} s/epoch here ({where}, from {how}) -> {epochs} epochs "
+              f"in {here:.0f} s", flush=True)
         sets = {**overrides, **({"val_every": epochs} if arch == "cnn" else {})}
         out = ROOT / "runs" / trial_name(arch, seconds, name)
         cmd = [sys.executable, "train.py", "--preset", arch, "--epochs", str(epochs), "--precision", "fp32",
@@ -107,7 +130,7 @@ def adopt(arch: str, budget: int, tag: str, folder: Path = ROOT / "results"):
     """Record the chosen trial as seed 0 of the preset `arch-budget`, after checking that the preset is it."""
     from mlp.recipe import PRESETS
     trials = load_trials(arch, budget)
-    best, preset = choice(trials), f"{arch}-{budget}"
+    best, preset = choice(trials, budget), f"{arch}-{budget}"
     if best is None:
         raise SystemExit(f"error: no trial of {arch} at {budget} s is recorded; run the search first")
     if preset not in PRESETS:
@@ -136,13 +159,13 @@ def plan(arch: str | None = None, budget: int | None = None):
             if (arch and a != arch) or (budget and b != budget):
                 continue
             trials = load_trials(a, b)
-            best = choice(trials)
+            best = choice(trials, b)
             print(f"{a} at {b} s: {len(trials)} of {len(candidates(a, b))} candidates recorded" +
                   (f"; validation chooses {best!r} ({100 * trials[best]['val_acc']:.2f} %, "
                    f"{trials[best]['epochs']} epochs)" if best else ""))
             for n, t in trials.items():
                 print(f"  {n:14s} val {100 * t['val_acc']:.2f} %  {t['epochs']:3d} epochs  "
-                      f"{t['train_seconds']:6.0f} s  {t['hardware']}")
+                      f"{t['train_seconds']:6.0f} s  {t['hardware']}" + ("" if within(t, b) else "  OVER BUDGET"))
             if best:
                 print(f"  mlp/recipe.py CHOSEN: \"{a}-{b}\": (\"{a}\", {chosen_fields(a, trials[best])!r}),")
 

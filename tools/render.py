@@ -375,14 +375,17 @@ def render_baseline_search(folder: Path) -> str:
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | :---: |"]
     for arch, budgets in baselines.BUDGETS.items():
         for budget in budgets:
-            trials = {n: dict(load(folder / "trials" / f"{baselines.trial_name(arch, budget, n)}.json", RUN_KEYS))
-                      for n in baselines.candidates(arch, budget)
-                      if (folder / "trials" / f"{baselines.trial_name(arch, budget, n)}.json").exists()}
-            best = baselines.choice(trials)
+            trials = baselines.load_trials(arch, budget, folder / "trials")
+            for t in trials.values():
+                missing = [k for k in RUN_KEYS if k not in t]
+                if missing:
+                    raise ResultsError(f"a trial of {arch} at {budget} s lacks {missing}")
+            best = baselines.choice(trials, budget)
             if not trials:
                 lines.append(f"| `{arch}` | {budget:,} s | not searched yet | | | | | | |")
             for n, t in trials.items():
-                lines.append(f"| `{arch}` | {budget:,} s | {n} | {t['epochs']} | {t['train_seconds']:.0f} | "
+                over = "" if baselines.within(t, budget) else " (over budget: not chosen)"
+                lines.append(f"| `{arch}` | {budget:,} s | {n} | {t['epochs']} | {t['train_seconds']:.0f}{over} | "
                              f"{pct(t['val_acc'])} | {pct(t['test_acc'])} | {t['hardware']} | "
                              f"{'★' if n == best else ''} |")
     return "\n".join(lines)
