@@ -205,6 +205,7 @@ CHOSEN = {
     "lenet-60": ("lenet", {"epochs": 6, "lr": 0.003, "weight_decay": 0.01, "optimizer": "adamw", "schedule": "cosine"}),
     "cnn-60": ("cnn", {"width": 8, "epochs": 1, "lr": 0.01, "val_every": 1}),
     "cnn-600": ("cnn", {"width": 12, "epochs": 6, "val_every": 6}),
+    "lenet-600": ("lenet", {"epochs": 44}),
 }
 for _name, (_base, _fields) in CHOSEN.items():
     PRESETS[_name] = Preset(*override(PRESETS[_base].model, PRESETS[_base].recipe, **_fields))
