@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import signal
 import statistics
@@ -98,6 +99,18 @@ def dev_cpu_ratio(hardware: str) -> float | None:
 def mean_std(xs) -> tuple[float, float]:
     xs = list(xs)
     return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def outcome(a: tuple[float, float, int], b: tuple[float, float, int], higher_is_better: bool = True) -> str | None:
+    """The comparison rule of every comparison on the pages: of two (mean, sd, n), "a" or "b" where one's mean
+    beats the other's by more than twice the standard error of the difference of the means (sqrt(sd_a^2/n_a +
+    sd_b^2/n_b)), "tie" where neither does; None (no verdict) where either has fewer than two seeds."""
+    (ma, sa, na), (mb, sb, nb) = a, b
+    if min(na, nb) < 2:
+        return None
+    diff = (ma - mb) * (1 if higher_is_better else -1)
+    se = math.sqrt(sa ** 2 / na + sb ** 2 / nb)
+    return "a" if diff > 2 * se else "b" if -diff > 2 * se else "tie"
 
 
 def time_to_accuracy(history, acc: float = 0.90) -> tuple[float, int] | tuple[None, None]:

@@ -9,7 +9,6 @@ seconds of training: each K's epochs from its measured seconds per epoch, its sc
 from __future__ import annotations
 
 import json
-import math
 import re
 import statistics
 from dataclasses import dataclass
@@ -167,15 +166,12 @@ def summarize(rows) -> list[dict]:
 
 
 def compare(a: dict, b: dict, field: str, higher_is_better: bool) -> str | None:
-    """"a" or "b" where one's mean beats the other's by more than twice the standard error of the difference
-    of the means (sqrt(sd_a^2/n_a + sd_b^2/n_b)), "tie" where neither does; None (no verdict) for a one-seed or
-    capped row."""
-    if min(a["runs"], b["runs"]) < 2 or a.get("capped") or b.get("capped"):
+    """Two summary rows by `records.outcome` on `field`: "a", "b" or "tie"; None (no verdict) for a one-seed
+    or capped row."""
+    if a.get("capped") or b.get("capped"):
         return None
     sd = {"test_acc": "test_std", "val_acc": "val_std", "sec_per_epoch": "sec_std"}[field]
-    diff = (a[field] - b[field]) * (1 if higher_is_better else -1)
-    se = math.sqrt(a[sd] ** 2 / a["runs"] + b[sd] ** 2 / b["runs"])
-    return "a" if diff > 2 * se else "b" if -diff > 2 * se else "tie"
+    return records.outcome((a[field], a[sd], a["runs"]), (b[field], b[sd], b["runs"]), higher_is_better)
 
 
 RULE = ("A K is more accurate than another only where its mean test accuracy beats the other's by more than twice "

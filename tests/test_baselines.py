@@ -136,3 +136,22 @@ def test_a_baseline_run_resumes_from_its_checkpoint_and_extends(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 2 and m["model"]["arch"] == "lenet" and m["extended"][0]["epochs_to"] == 2
+
+
+def test_the_baselines_table_judges_the_all_mlp_against_the_best_baseline_by_the_2se_rule(tmp_path):
+    from test_results import run_json
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    avx512, dev = "AMD EPYC (2 cores, 2 threads, AVX-512+BF16)", "AMD EPYC (2 cores, 2 threads, AVX2)"
+    presets = dict(render.current_presets(), **{"cnn-600": render.current_presets()["cnn"]})
+    for s, acc in enumerate((0.910, 0.915, 0.920)):  # 91.5 ± 0.5
+        (runs / f"cnn-{s}.json").write_text(json.dumps(dict(run_json("cnn", s, acc, hardware=avx512),
+                                                            preset="cnn-600")))
+    for s, acc in enumerate((0.916, 0.917, 0.918)):  # 91.7 ± 0.1: +0.2 points, SE of the difference 0.29
+        (runs / f"quick-{s}.json").write_text(json.dumps(run_json("quick", s, acc, hardware=dev)))
+    verdict = render.render_baselines(tmp_path, presets).splitlines()[-1]
+    assert verdict == ("At 600 s, `quick` against the most accurate baseline, `cnn`: +0.20 points of test accuracy: "
+                       "no significant difference (within twice its standard error).")
+    for s, acc in enumerate((0.926, 0.927, 0.928)):  # 92.7: +1.2 points
+        (runs / f"quick-{s}.json").write_text(json.dumps(run_json("quick", s, acc, hardware=dev)))
+    assert "`quick` is more accurate (the difference exceeds" in render.render_baselines(tmp_path, presets)

@@ -358,13 +358,31 @@ def render_baselines(folder: Path, presets: dict | None = None) -> str:
     runs, presets = load_runs(folder), presets or current_presets()
     lines = ["| budget | " + " | ".join(f"`{b}`" for b in BASELINES) + " | best all-MLP |",
              "| ---: | " + " | ".join("---" for _ in BASELINES) + " | --- |"]
+    verdicts = []
     for budget in BUDGETS:
-        cells = [cell(*cell_runs(f"{b}-{budget}", runs, presets)) if f"{b}-{budget}" in presets else "—"
-                 for b in BASELINES]
+        found = {b: cell_runs(f"{b}-{budget}", runs, presets)[0] for b in BASELINES if f"{b}-{budget}" in presets}
+        cells = [cell(*cell_runs(f"{b}-{budget}", runs, presets)) if b in found else "—" for b in BASELINES]
         mlp = ALL_MLP[budget]
-        cells.append(f"`{mlp}`: {cell(*cell_runs(mlp, runs, presets))}")
+        ours = cell_runs(mlp, runs, presets)
+        cells.append(f"`{mlp}`: {cell(*ours)}")
         lines.append(f"| {budget:,} s | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        verdicts.append(verdict_at(budget, mlp, ours[0], {b: rs for b, rs in found.items() if rs}))
+    return "\n".join(lines + [""] + [v for v in verdicts if v])
+
+
+def verdict_at(budget: int, mlp: str, ours: list[dict], baselines: dict[str, list[dict]]) -> str:
+    """The all-MLP preset against the baseline of highest mean test accuracy at a budget, by records.outcome."""
+    if not ours or not baselines:
+        return ""
+    stats = {name: records.mean_std(r["test_acc"] for r in rs) + (len(rs),) for name, rs in baselines.items()}
+    best = max(stats, key=lambda n: stats[n][0])
+    mine = records.mean_std(r["test_acc"] for r in ours) + (len(ours),)
+    over = "the difference exceeds twice its standard error"
+    said = {"a": f"`{mlp}` is more accurate ({over})", "b": f"`{best}` is more accurate ({over})",
+            "tie": "no significant difference (within twice its standard error)",
+            None: "no verdict (fewer than two seeds)"}[records.outcome(mine, stats[best])]
+    return (f"At {budget:,} s, `{mlp}` against the most accurate baseline, `{best}`: "
+            f"{100 * (mine[0] - stats[best][0]):+.2f} points of test accuracy: {said}.")
 
 
 def render_baseline_search(folder: Path) -> str:
