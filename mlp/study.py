@@ -61,26 +61,33 @@ def costs(arms, patches) -> dict:
     return out
 
 
-def plan_epochs(arms, patches, device, precision, probes: dict, probe_seconds=6.0, log=print) -> dict:
-    """Each (arm, K)'s epochs. An equal-time arm's come from K's seconds per epoch, measured here once (kept in
+def plan_epochs(arm: Arm, patches, device, precision, probes: dict, rows: list[dict], train_limit=None,
+                probe_seconds=6.0, log=print) -> dict:
+    """Each K's epochs in `arm`. An equal-time arm's come from K's seconds per epoch here: the mean over the
+    runs of an equal-epochs arm of the same preset already in this study (whole epochs, all the data, this
+    hardware), else a probe of `probe_seconds` of steps (repeat probes disagree by up to ~20 %; kept in
     `probes` by preset, K and hardware, so that a resumed study plans the same epochs)."""
-    out, where = {}, hardware.describe(device)
-    for arm in arms:
-        if not arm.seconds:
-            for k in patches:
-                out[arm.label, k] = arm.epochs or PRESETS[arm.preset].recipe.epochs
-            continue
-        if device.type != "cpu":
-            raise ValueError(f"arm {arm.label}: a budget of development-CPU seconds is a CPU's; on {device.type} "
-                             f"give the arm in epochs (PRESET@Nep)")
-        here, _ = budget.local_seconds(arm.seconds, device)
-        for k in patches:
-            key = f"{arm.preset} K={k} on {where}, {precision}"
+    if not arm.seconds:
+        return {k: arm.epochs or PRESETS[arm.preset].recipe.epochs for k in patches}
+    if device.type != "cpu":
+        raise ValueError(f"arm {arm.label}: a budget of development-CPU seconds is a CPU's; on {device.type} give "
+                         f"the arm in epochs (PRESET@Nep)")
+    here, where = budget.local_seconds(arm.seconds, device)
+    out = {}
+    for k in patches:
+        measured = [r["sec_per_epoch"] for r in rows if r["preset"] == arm.preset and r["patch"] == k
+                    and r["arm"].endswith("ep") and r.get("hardware") == where and not r["train_limit"]
+                    and not r.get("capped")]
+        key = f"{arm.preset} K={k} on {where}, {precision}"
+        if measured:
+            per_epoch, how = statistics.mean(measured), f"the mean of {len(measured)} equal-epoch runs"
+        else:
             if key not in probes:
                 probes[key] = budget.seconds_per_epoch(*config(arm.preset, k), seconds=probe_seconds, device=device,
                                                        precision=precision)
-            out[arm.label, k] = max(1, budget.epochs_within(here, probes[key]))
-            log(f"{arm.label} K={k}: {probes[key]:.1f} s per epoch here -> {out[arm.label, k]} epochs in {here:.0f} s")
+            per_epoch, how = probes[key], "a probe"
+        out[k] = max(1, budget.epochs_within(here, per_epoch))
+        log(f"{arm.label} K={k}: {per_epoch:.1f} s per epoch here ({how}) -> {out[k]} epochs in {here:.0f} s")
     return out
 
 
@@ -102,14 +109,14 @@ def train_all(arms, patches, seeds, train_limit, device, precision, json_path: P
     prec = hardware.resolve_precision(dev, precision)
     old = json.loads(json_path.read_text()) if resume and json_path.exists() else {}
     probes = dict(old.get("probes", {}))
-    epochs = plan_epochs(arms, patches, dev, prec, probes, probe_seconds, log)
     cost = costs(arms, patches)
     done = {row_key(r): r for r in old.get("rows", [])}
     rows, reused = [], 0
-    for arm in arms:
+    for arm in sorted(arms, key=lambda a: bool(a.seconds)):  # equal epochs first: they time each K's epochs
+        epochs = plan_epochs(arm, patches, dev, prec, probes, rows, train_limit, probe_seconds, log)
         for s in seeds:
             for k in patches:
-                model, recipe = config(arm.preset, k, epochs[arm.label, k])
+                model, recipe = config(arm.preset, k, epochs[k])
                 wanted = json.loads(json.dumps(dict(arm=arm.label, preset=arm.preset, patch=k, seed=s,
                                                     model=model.to_dict(), recipe=recipe.to_dict(),
                                                     train_limit=train_limit, eval_limit=eval_limit)))

@@ -107,3 +107,17 @@ def test_the_study_reuses_a_row_only_for_the_same_network_recipe_and_limits(tmp_
     assert "reused 1 of 1 runs" in logs[-1]
     fourth = study.train_all(*args, log=logs.append, eval_limit=32)  # other limits: another run
     assert fourth[0]["eval_limit"] == 32 and "reused 0 of 1 runs" in logs[-1]
+
+
+@pytest.mark.skipif(not TIMED, reason="budgets are development-CPU seconds: this CPU's ratio was never measured")
+def test_an_equal_time_arm_takes_each_ks_epochs_from_the_equal_epoch_runs():
+    """Whole epochs of all the data on this hardware, not a probe: the probe missed quick's K=4 epoch by 19 %."""
+    cpu = torch.device("cpu")
+    where, logs = hardware.describe(cpu), []
+    rows = [dict(preset="quick", patch=k, arm="quick@10ep", hardware=where, train_limit=None, sec_per_epoch=sec)
+            for k, sec in ((2, 100.0), (4, 20.0), (7, 10.0))]
+    probes = {}
+    epochs = study.plan_epochs(study.Arm.parse("quick@600s"), [2, 4, 7], cpu, "fp32", probes, rows, log=logs.append)
+    here = 600 / records.dev_cpu_ratio(where)
+    assert epochs == {2: max(1, int(here // 100)), 4: int(here // 20), 7: int(here // 10)} and probes == {}
+    assert all("the mean of 1 equal-epoch runs" in line for line in logs)
