@@ -178,7 +178,8 @@ def compare(a: dict, b: dict, field: str, higher_is_better: bool) -> str | None:
     if a.get("capped") or b.get("capped"):
         return None
     sd = {"test_acc": "test_std", "val_acc": "val_std", "sec_per_epoch": "sec_std"}[field]
-    return records.outcome((a[field], a[sd], a["runs"]), (b[field], b[sd], b["runs"]), higher_is_better)
+    return records.outcome((a[field], a.get(sd, 0.0), a["runs"]), (b[field], b.get(sd, 0.0), b["runs"]),
+                           higher_is_better)
 
 
 RULE = ("A K is more accurate than another only where its mean test accuracy beats the other's by more than twice "
@@ -190,8 +191,8 @@ def verdict(summary) -> list[str]:
     """For each arm: K=4 against each other K on test accuracy and on seconds per epoch, by `compare`; the
     claim holds where K=4 is both more accurate and faster than every other K."""
     out = []
-    for arm in dict.fromkeys(r["arm"] for r in summary):
-        rs = {r["patch"]: r for r in summary if r["arm"] == arm}
+    for arm in dict.fromkeys(r.get("arm", r["preset"]) for r in summary):  # (records before arms: one per preset)
+        rs = {r["patch"]: r for r in summary if r.get("arm", r["preset"]) == arm}
         if 4 not in rs or len(rs) < 2:
             continue
         four, parts, holds = rs[4], [], True

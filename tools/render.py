@@ -429,8 +429,9 @@ def render_seed_curve(folder: Path) -> str:
 def render_patch_study(folder: Path) -> str:
     st = load(folder / "patch_study.json", ("summary", "verdict", "hardware", "precision", "command", "git_commit"))
     lines = [records.study_table(st["summary"])]
+    from mlp import study  # the verdict by today's rule, from the recorded summary (not the words it was saved with)
     lines += ["", f"`{st['command']}` on {st['hardware']}, {st['precision']}, commit {str(st['git_commit'])[:7]}. "
-              + (st["rule"] + " " if "rule" in st else "") + " ".join(st["verdict"])]
+              + study.RULE + " " + " ".join(study.verdict(st["summary"]))]
     if any("model" not in r for r in st.get("rows", [])):
         lines[-1] += (f" These rows predate the record of each run's model config: each preset is the network it "
                       f"was at commit {str(st['git_commit'])[:7]} (`quick` has changed since), and `make study` "
