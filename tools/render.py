@@ -427,11 +427,19 @@ def render_seed_curve(folder: Path) -> str:
 
 
 def render_patch_study(folder: Path) -> str:
-    st = load(folder / "patch_study.json", ("summary", "verdict", "hardware", "precision", "command", "git_commit"))
-    lines = [records.study_table(st["summary"])]
+    """The study's table and verdict; a study still in progress (its record is rewritten after every run) shows
+    the runs recorded so far, and says so."""
+    st = load(folder / "patch_study.json", ("rows", "hardware", "precision", "command", "git_commit"))
     from mlp import study  # the verdict by today's rule, from the recorded summary (not the words it was saved with)
+    summary = st.get("summary") or study.summarize(st["rows"])
+    lines = [records.study_table(summary)]
     lines += ["", f"`{st['command']}` on {st['hardware']}, {st['precision']}, commit {str(st['git_commit'])[:7]}. "
-              + study.RULE + " " + " ".join(study.verdict(st["summary"]))]
+              + study.RULE + " " + " ".join(study.verdict(summary))]
+    if not st.get("complete"):
+        p = st.get("parameters", {})
+        planned = len(p.get("arms", [])) * len(p.get("patches", [])) * len(p.get("seeds", []))
+        lines[-1] += (f" In progress: {len(st['rows'])} of the {planned} runs its command planned are recorded; "
+                      f"`make study` resumes it, reusing them.")
     if any("model" not in r for r in st.get("rows", [])):
         lines[-1] += (f" These rows predate the record of each run's model config: each preset is the network it "
                       f"was at commit {str(st['git_commit'])[:7]} (`quick` has changed since), and `make study` "
