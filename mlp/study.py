@@ -217,13 +217,13 @@ def plot(summary, png_path: Path, prec, device_type):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
-    for arm in dict.fromkeys(r["arm"] for r in summary):
-        rs = [r for r in summary if r["arm"] == arm]
+    for arm in dict.fromkeys(r.get("arm", r["preset"]) for r in summary):  # (records before arms: per preset)
+        rs = [r for r in summary if r.get("arm", r["preset"]) == arm]
         ks = [r["patch"] for r in rs]
         ax1.errorbar(ks, [100 * r["test_acc"] for r in rs], yerr=[100 * r["test_std"] for r in rs], marker="o",
                      capsize=3, label=f"{arm} (n={rs[0]['runs']})")
-        ax2.errorbar(ks, [r["sec_per_epoch"] for r in rs], yerr=[r["sec_std"] for r in rs], marker="o", capsize=3,
-                     label=arm)
+        ax2.errorbar(ks, [r["sec_per_epoch"] for r in rs], yerr=[r.get("sec_std", 0.0) for r in rs], marker="o",
+                     capsize=3, label=arm)
     ax1.set(xlabel="patch size K", ylabel="test accuracy (%)", xticks=ks, title="accuracy (mean ± sd over seeds)")
     ax2.set(xlabel="patch size K", ylabel="seconds per epoch", xticks=ks, title=f"training time ({prec}, {device_type})")
     for ax in (ax1, ax2):

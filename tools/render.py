@@ -447,6 +447,14 @@ def render_patch_study(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def plot_patch_study(folder: Path):
+    """results/patch_study.png from the record as it stands (a study in progress too), as the notebook draws it."""
+    from mlp import study
+    st = json.loads((folder / "patch_study.json").read_text())
+    summary = st.get("summary") or study.summarize(st["rows"])
+    study.plot(summary, folder / "patch_study.png", st["precision"], st.get("device", "cpu").split(":")[0])
+
+
 def render_best_probe(folder: Path) -> str:
     """What the `best` recipe would cost on the CPU: one timed epoch on a subset, extrapolated."""
     path = folder / "runs" / "best-cpu-probe.json"
@@ -667,6 +675,8 @@ def main(argv=None):
         print(f"updated {f}")
     if any("<!-- results:frontier -->" in t for t in pages.values()):
         plot_frontier(folder, folder / "frontier.png")
+    if any("<!-- results:patch_study -->" in t for t in pages.values()) and (folder / "patch_study.json").exists():
+        plot_patch_study(folder)
 
 
 if __name__ == "__main__":
