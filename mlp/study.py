@@ -172,6 +172,11 @@ def summarize(rows) -> list[dict]:
     return summary
 
 
+def arm_of(r: dict) -> str:
+    """A summary row's arm (records made before arms had one per preset)."""
+    return r["arm"] if "arm" in r else r["preset"]
+
+
 def compare(a: dict, b: dict, field: str, higher_is_better: bool) -> str | None:
     """Two summary rows by `records.outcome` on `field`: "a", "b" or "tie"; None (no verdict) for a one-seed
     or capped row."""
@@ -191,8 +196,8 @@ def verdict(summary) -> list[str]:
     """For each arm: K=4 against each other K on test accuracy and on seconds per epoch, by `compare`; the
     claim holds where K=4 is both more accurate and faster than every other K."""
     out = []
-    for arm in dict.fromkeys(r.get("arm", r["preset"]) for r in summary):  # (records before arms: one per preset)
-        rs = {r["patch"]: r for r in summary if r.get("arm", r["preset"]) == arm}
+    for arm in dict.fromkeys(map(arm_of, summary)):
+        rs = {r["patch"]: r for r in summary if arm_of(r) == arm}
         if 4 not in rs or len(rs) < 2:
             continue
         four, parts, holds = rs[4], [], True
@@ -217,8 +222,8 @@ def plot(summary, png_path: Path, prec, device_type):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
-    for arm in dict.fromkeys(r.get("arm", r["preset"]) for r in summary):  # (records before arms: per preset)
-        rs = [r for r in summary if r.get("arm", r["preset"]) == arm]
+    for arm in dict.fromkeys(map(arm_of, summary)):
+        rs = [r for r in summary if arm_of(r) == arm]
         ks = [r["patch"] for r in rs]
         ax1.errorbar(ks, [100 * r["test_acc"] for r in rs], yerr=[100 * r["test_std"] for r in rs], marker="o",
                      capsize=3, label=f"{arm} (n={rs[0]['runs']})")
