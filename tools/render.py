@@ -360,13 +360,13 @@ def render_baselines(folder: Path, presets: dict | None = None) -> str:
              "| ---: | " + " | ".join("---" for _ in BASELINES) + " | --- |"]
     verdicts = []
     for budget in BUDGETS:
-        found = {b: cell_runs(f"{b}-{budget}", runs, presets)[0] for b in BASELINES if f"{b}-{budget}" in presets}
-        cells = [cell(*cell_runs(f"{b}-{budget}", runs, presets)) if b in found else "—" for b in BASELINES]
+        found = {b: cell_runs(f"{b}-{budget}", runs, presets) for b in BASELINES if f"{b}-{budget}" in presets}
+        cells = [cell(*found[b]) if b in found else "—" for b in BASELINES]
         mlp = ALL_MLP[budget]
         ours = cell_runs(mlp, runs, presets)
         cells.append(f"`{mlp}`: {cell(*ours)}")
         lines.append(f"| {budget:,} s | " + " | ".join(cells) + " |")
-        verdicts.append(verdict_at(budget, mlp, ours[0], {b: rs for b, rs in found.items() if rs}))
+        verdicts.append(verdict_at(budget, mlp, ours[0], {b: rs for b, (rs, _) in found.items() if rs}))
     return "\n".join(lines + [""] + [v for v in verdicts if v])
 
 
