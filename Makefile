@@ -81,6 +81,8 @@ define refuse_existing
 		echo "error: $$f already holds a record; choose another TAG/NAME, or FORCE=1 to replace it" >&2; exit 1; fi; done
 endef
 
+# A baseline's recipe search at a budget (make baselines ARCH=cnn AT=600); then `python -m tools.baseline_search
+# adopt|seeds ...` (docs/baselines.md). Each calibrates this CPU against the development CPU first.
 baselines: data
 	$(PY) -m tools.baseline_search search $(ARCH) $(AT)
 

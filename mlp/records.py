@@ -96,6 +96,13 @@ def dev_cpu_ratio(hardware: str) -> float | None:
     return None
 
 
+def dev_ratio_of(record: dict) -> float | None:
+    """A record's development-CPU seconds per second: the ratio calibrated in its session where it carries one
+    (mlp/budget.calibrate), else its CPU's fixed one (dev_cpu_ratio)."""
+    cal = record.get("calibration")
+    return cal["ratio"] if cal else dev_cpu_ratio(record["hardware"])
+
+
 def mean_std(xs) -> tuple[float, float]:
     xs = list(xs)
     return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0

@@ -62,17 +62,22 @@ def costs(arms, patches) -> dict:
 
 
 def plan_epochs(arm: Arm, patches, device, precision, probes: dict, rows: list[dict], train_limit=None,
-                probe_seconds=6.0, log=print) -> dict:
-    """Each K's epochs in `arm`. An equal-time arm's come from K's seconds per epoch here: the mean over the
-    runs of an equal-epochs arm of the same preset already in this study (whole epochs, all the data, this
-    hardware), else a probe of `probe_seconds` of steps (repeat probes disagree by up to ~20 %; kept in
-    `probes` by preset, K and hardware, so that a resumed study plans the same epochs)."""
+                probe_seconds=6.0, log=print, calibrations: dict | None = None) -> dict:
+    """Each K's epochs in `arm`. An equal-time arm's budget is converted to this CPU's seconds at the ratio
+    calibrated here (mlp/budget.calibrate), and its epochs come from K's seconds per epoch here: the mean over
+    the runs of an equal-epochs arm of the same preset already in this study (whole epochs, all the data, this
+    hardware), else a probe of `probe_seconds` of steps (repeat probes disagree by up to ~20 %). Calibrations
+    and probes are kept by hardware (and preset and K), so that a resumed study plans the same epochs."""
     if not arm.seconds:
         return {k: arm.epochs or PRESETS[arm.preset].recipe.epochs for k in patches}
     if device.type != "cpu":
         raise ValueError(f"arm {arm.label}: a budget of development-CPU seconds is a CPU's; on {device.type} give "
                          f"the arm in epochs (PRESET@Nep)")
-    here, where = budget.local_seconds(arm.seconds, device)
+    where = hardware.describe(device)
+    calibrations = {} if calibrations is None else calibrations
+    if where not in calibrations:
+        calibrations[where] = budget.calibrate(device, log=log)
+    here = arm.seconds / calibrations[where]["ratio"]
     out = {}
     for k in patches:
         measured = [r["sec_per_epoch"] for r in rows if r["preset"] == arm.preset and r["patch"] == k
@@ -108,12 +113,12 @@ def train_all(arms, patches, seeds, train_limit, device, precision, json_path: P
     dev = hardware.resolve_device(device)
     prec = hardware.resolve_precision(dev, precision)
     old = json.loads(json_path.read_text()) if resume and json_path.exists() else {}
-    probes = dict(old.get("probes", {}))
+    probes, calibrations = dict(old.get("probes", {})), dict(old.get("calibrations", {}))
     cost = costs(arms, patches)
     done = {row_key(r): r for r in old.get("rows", [])}
     rows, reused = [], 0
     for arm in sorted(arms, key=lambda a: bool(a.seconds)):  # equal epochs first: they time each K's epochs
-        epochs = plan_epochs(arm, patches, dev, prec, probes, rows, train_limit, probe_seconds, log)
+        epochs = plan_epochs(arm, patches, dev, prec, probes, rows, train_limit, probe_seconds, log, calibrations)
         for s in seeds:
             for k in patches:
                 model, recipe = config(arm.preset, k, epochs[k])
@@ -136,7 +141,7 @@ def train_all(arms, patches, seeds, train_limit, device, precision, json_path: P
                              hardware=hardware.describe(dev), history=h)
                 rows.append(r)
                 save(json_path, rows, command, dev, prec, arms, patches, seeds, train_limit, eval_limit,
-                     probes=probes)
+                     probes=probes, calibrations=calibrations)
                 log(f"{arm.label:>12} K={k} seed {s}: val {r['val_acc']:.4f}  test {r['test_acc']:.4f}  "
                     f"{r['sec_per_epoch']:.1f} s/epoch x {r['epochs_run']}" + ("  (capped)" if r.get("capped") else "")
                     + ("  (reused from the record)" if from_record else ""))
@@ -147,15 +152,25 @@ def train_all(arms, patches, seeds, train_limit, device, precision, json_path: P
 
 
 def save(json_path: Path, rows, command, dev, prec, arms, patches, seeds, train_limit, eval_limit=None,
-         probes=None, **extra) -> dict:
+         probes=None, calibrations=None, **extra) -> dict:
     record = dict(command=command, git_commit=records.git_commit(), hardware=hardware.describe(dev), device=str(dev),
                   precision=prec, torch=torch.__version__, complete=bool(extra),
                   parameters=dict(arms=[a.label for a in arms], patches=patches, seeds=seeds, train_limit=train_limit,
                                   eval_limit=eval_limit),
-                  probes=probes or {}, rows=rows, **extra)
+                  probes=probes or {}, calibrations=calibrations or {}, rows=rows, **extra)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     records.atomic_write(json_path, json.dumps(record, indent=2))
     return record
+
+
+def finish(json_path: Path, rows, command, dev, prec, arms, patches, seeds, train_limit, eval_limit, summary,
+           verdicts) -> dict:
+    """The complete record: the rows with their summary and verdicts, keeping the probes and calibrations that
+    `train_all` wrote (a resumed study plans its epochs from them)."""
+    old = json.loads(json_path.read_text())
+    return save(json_path, rows, command, dev, prec, arms, patches, seeds, train_limit, eval_limit,
+                probes=old.get("probes"), calibrations=old.get("calibrations"), summary=summary, verdict=verdicts,
+                rule=RULE)
 
 
 def summarize(rows) -> list[dict]:
@@ -251,8 +266,7 @@ def study(arms=("quick@10ep", "quick@600s"), patches=(2, 4, 7), seeds=(0, 1, 2),
     rows = train_all(arms, patches, seeds, train_limit, dev, prec, json_path, command, resume, max_seconds, log,
                      eval_limit, probe_seconds)
     summary = summarize(rows)
-    old = json.loads(json_path.read_text())
-    record = save(json_path, rows, command, dev, prec, arms, patches, seeds, train_limit, eval_limit,
-                  probes=old.get("probes"), summary=summary, verdict=verdict(summary), rule=RULE)
+    record = finish(json_path, rows, command, dev, prec, arms, patches, seeds, train_limit, eval_limit, summary,
+                    verdict(summary))
     record["figure"] = plot(summary, png_path, prec, dev.type)
     return record

@@ -100,6 +100,35 @@ def test_the_search_chooses_on_validation_within_the_budget_and_never_reads_the_
               "c": dict(val_acc=0.95, test_acc=0.95, train_seconds=248.0, hardware=avx512)}  # 794 s of 600
     assert programme.choice(trials, 600) == "b" and programme.choice({}, 600) is None
     assert not programme.within(trials["c"], 600) and programme.within(dict(trials["c"], train_seconds=200.0), 600)
+    slow_day = dict(trials["b"], calibration=dict(ratio=1.9))  # its session measured 1.9x: 342 s of 600
+    assert programme.within(dict(slow_day, train_seconds=340.0), 600)
+    assert not programme.within(dict(slow_day, train_seconds=350.0), 600), "at 3.2x it would fit; at 1.9x it does not"
+
+
+def test_a_budget_is_converted_at_the_ratio_measured_now():
+    """The reference epoch (quick, fp32) timed here against its recorded seconds on the development CPU."""
+    from mlp import budget, hardware, records
+    there = budget.reference_epoch()
+    epochs = [e["seconds"] for f in budget.REFERENCE_RUNS for e in json.loads((ROOT / f).read_text())["history"]]
+    assert there == pytest.approx(sum(epochs) / len(epochs)) and len(epochs) == 30
+    cal = budget.calibrate(log=lambda *_: None)
+    assert cal["hardware"] == hardware.describe(torch.device("cpu")) and cal["epoch_dev_cpu"] == there
+    if cal["hardware"].endswith(records.DEV_CPU):
+        assert cal["ratio"] == 1.0 and cal["epoch_here"] is None
+    else:
+        assert cal["epoch_here"] > 0 and cal["ratio"] == pytest.approx(there / cal["epoch_here"])
+    assert records.dev_ratio_of(dict(hardware="AMD EPYC (2 cores, 2 threads, AVX-512+BF16)", calibration=cal)) == \
+        cal["ratio"]
+
+
+def test_a_reference_run_of_another_quick_is_refused(tmp_path):
+    from mlp import budget
+    for f in budget.REFERENCE_RUNS:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        r = json.loads((ROOT / f).read_text())
+        (tmp_path / f).write_text(json.dumps(dict(r, recipe=dict(r["recipe"], batch_size=64))))
+    with pytest.raises(ValueError, match="quick-avx2-seed0.json is not a whole fp32 run of today's 'quick'"):
+        budget.reference_epoch(tmp_path)
 
 
 def test_every_budget_preset_is_its_chosen_trial():
@@ -125,6 +154,11 @@ def test_the_baselines_table_is_per_budget_mean_and_std_over_seeds(tmp_path):
     row = next(line for line in render.render_baselines(tmp_path, presets).splitlines() if line.startswith("| 600 s |"))
     assert "**91.00** ± 1.00 % (n=3); val 90.00 %; ≈ 384–384 s, 2 ep." in row, "AVX-512 seconds x 3.2"
     assert row.endswith("| `quick`: not run yet |")
+    for s, ratio in enumerate((2.0, 2.5, 3.0)):  # calibrated in their sessions: each at its own ratio, no "≈"
+        r = json.loads((runs / f"cnn-{s}.json").read_text())
+        (runs / f"cnn-{s}.json").write_text(json.dumps(dict(r, calibration=dict(ratio=ratio))))
+    row = next(line for line in render.render_baselines(tmp_path, presets).splitlines() if line.startswith("| 600 s |"))
+    assert "val 90.00 %; 240–360 s, 2 ep." in row
 
 
 def test_a_baseline_run_resumes_from_its_checkpoint_and_extends(tmp_path):

@@ -7,13 +7,12 @@ import pytest
 import torch
 
 from conftest import ROOT
-from mlp import hardware, notebook, records, study
+from mlp import hardware, notebook, study
 from tools import render
 
-# Equal epochs for both networks, and equal time (60 development-CPU seconds: one epoch of `quick` fits on
-# either CPU, measured by a short probe) where this CPU's ratio to the development CPU is known.
-TIMED = records.dev_cpu_ratio(hardware.describe(torch.device("cpu"))) is not None
-TINY = dict(arms=["seed@1ep", "quick@1ep"] + (["quick@60s"] if TIMED else []), patches=[2, 4, 7], seeds=[0, 1],
+# Equal epochs for both networks, and equal time (60 development-CPU seconds, converted at the ratio calibrated
+# here: at least one epoch of `quick` at each K, from a short probe).
+TINY = dict(arms=["seed@1ep", "quick@1ep", "quick@60s"], patches=[2, 4, 7], seeds=[0, 1],
             train_limit=128, eval_limit=100, resume=True, command="pytest tiny study", probe_seconds=0.5)
 
 
@@ -36,8 +35,9 @@ def test_study_notebook_runs_with_tiny_parameters_and_resumes(tmp_path):
     for r in st["rows"]:
         assert r["train_limit"] == 128 and 0 < r["test_acc"] <= 1 and r["sec_per_epoch"] > 0
         assert r["epochs"] == 1 if r["arm"].endswith("@1ep") else r["epochs"] >= 1
-    if TIMED:  # each K's epochs from its own measured seconds per epoch, kept for a resume
-        assert sorted(st["probes"]) == sorted(f"quick K={k} on {st['hardware']}, fp32" for k in (2, 4, 7))
+    # each K's epochs from its own measured seconds per epoch, and the calibration, kept for a resume
+    assert sorted(st["probes"]) == sorted(f"quick K={k} on {st['hardware']}, fp32" for k in (2, 4, 7))
+    assert list(st["calibrations"]) == [st["hardware"]] and st["calibrations"][st["hardware"]]["ratio"] > 0
     params = {(r["preset"], r["patch"]): r["params"] for r in st["summary"]}
     assert params["seed", 4] == 111164, "the seed network at K=4 is the original"
     assert params["seed", 2] > params["seed", 4] > params["seed", 7], "its token MLP's input is the patch count"
@@ -109,15 +109,14 @@ def test_the_study_reuses_a_row_only_for_the_same_network_recipe_and_limits(tmp_
     assert fourth[0]["eval_limit"] == 32 and "reused 0 of 1 runs" in logs[-1]
 
 
-@pytest.mark.skipif(not TIMED, reason="budgets are development-CPU seconds: this CPU's ratio was never measured")
 def test_an_equal_time_arm_takes_each_ks_epochs_from_the_equal_epoch_runs():
     """Whole epochs of all the data on this hardware, not a probe: the probe missed quick's K=4 epoch by 19 %."""
     cpu = torch.device("cpu")
     where, logs = hardware.describe(cpu), []
     rows = [dict(preset="quick", patch=k, arm="quick@10ep", hardware=where, train_limit=None, sec_per_epoch=sec)
             for k, sec in ((2, 100.0), (4, 20.0), (7, 10.0))]
-    probes = {}
-    epochs = study.plan_epochs(study.Arm.parse("quick@600s"), [2, 4, 7], cpu, "fp32", probes, rows, log=logs.append)
-    here = 600 / records.dev_cpu_ratio(where)
-    assert epochs == {2: max(1, int(here // 100)), 4: int(here // 20), 7: int(here // 10)} and probes == {}
+    probes, calibrations = {}, {where: dict(ratio=2.0)}  # as calibrated in this study's session: 300 s here
+    epochs = study.plan_epochs(study.Arm.parse("quick@600s"), [2, 4, 7], cpu, "fp32", probes, rows, log=logs.append,
+                               calibrations=calibrations)
+    assert epochs == {2: 3, 4: 15, 7: 30} and probes == {}
     assert all("the mean of 1 equal-epoch runs" in line for line in logs)

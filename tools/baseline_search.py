@@ -1,14 +1,14 @@
 """The baselines programme (docs/baselines.md): for each baseline and budget, a short search of recipes chosen on
 validation (seed 0, kept as trials), whose winner becomes the preset NAME-SECONDS (mlp/recipe.py) that `make
 seeds` trains three times. Budgets are development-CPU seconds of training; elsewhere they are converted at
-the CPU's measured ratio (mlp/records.py), and each candidate's epochs are those that fit, from its seconds
-per epoch measured here first. One training at a time; each trial is recorded as it finishes, and a recorded
-one is not trained again.
+the ratio measured at the start of the command (mlp/budget.calibrate, kept in each record it writes), and
+each candidate's epochs are those that fit, from its seconds per epoch measured here first. One training at a
+time; each trial is recorded as it finishes, and a recorded one is not trained again.
 
     python -m tools.baseline_search plan               # per baseline and budget: trials recorded, the choice, seeds
     python -m tools.baseline_search search cnn 600     # train the candidates not yet recorded, then say the choice
     python -m tools.baseline_search adopt cnn 600 avx512   # the chosen trial is seed 0 of preset cnn-600
-    make seeds PRESET=cnn-600 SEEDS="1 2" TAG=avx512 ARGS='--precision fp32'   # and seeds 1, 2
+    python -m tools.baseline_search seeds cnn 600 avx512 1 2   # and seeds 1, 2 (make seeds, calibrated)
 
 `adopt` checks that the preset NAME-SECONDS (written into mlp/recipe.py from the choice) is the chosen trial's
 model config and recipe: CPU training is deterministic, so its seed 0 is that trial, and is not trained twice.
@@ -74,7 +74,7 @@ def load_trials(arch: str, budget: int, folder: Path | None = None) -> dict[str,
 
 
 def dev_seconds(t: dict) -> float | None:
-    ratio = records.dev_cpu_ratio(t["hardware"])
+    ratio = records.dev_ratio_of(t)
     return None if ratio is None else ratio * t["train_seconds"]
 
 
@@ -91,13 +91,26 @@ def choice(trials: dict[str, dict], budget: int | None = None) -> str | None:
     return max(fair, key=lambda n: fair[n]["val_acc"]) if fair else None
 
 
+def calibrated() -> dict:
+    from mlp import budget
+    try:
+        return budget.calibrate()
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+
+
+def keep(run: Path, kind: str, calibration: dict, force: bool = False):
+    """Record a train.py run (results/KIND/NAME.json) with the calibration its budget was converted at."""
+    record_run(run, kind=kind, force=force)  # (no rendering here: the pages change, and runs after would be "-dirty")
+    target = ROOT / "results" / kind / f"{run.name}.json"
+    records.atomic_write(target, json.dumps(dict(json.loads(target.read_text()), calibration=calibration), indent=2))
+
+
 def search(arch: str, seconds: int):
     from mlp import budget
     from mlp.recipe import get_preset
-    try:
-        here, where = budget.local_seconds(seconds)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+    cal = calibrated()
+    here, where = seconds / cal["ratio"], cal["hardware"]
     done = load_trials(arch, seconds)
     for name, overrides in candidates(arch, seconds).items():
         tried = [t for n, t in done.items() if n == name or n.startswith(f"{name}@")]
@@ -122,8 +135,25 @@ def search(arch: str, seconds: int):
                "--seed", "0", "--out", str(out.relative_to(ROOT)), "--quiet"]
         cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
         subprocess.run(cmd, cwd=ROOT, check=True)
-        record_run(out, kind="trials")  # (no rendering here: the pages change, and runs after would be "-dirty")
+        keep(out, "trials", cal)
     plan(arch, seconds)
+
+
+def seeds(arch: str, budget: int, tag: str, which: list[int], force: bool = False):
+    """Train seeds of the preset ARCH-BUDGET as `make seeds` does, each record carrying this session's
+    calibration (its seconds are then converted as its seed 0's were); an existing record is refused."""
+    preset = f"{arch}-{budget}"
+    names = [f"{preset}-{tag}-seed{s}" for s in which]
+    held = [n for n in names if (ROOT / "results" / "runs" / f"{n}.json").exists()]
+    if held and not force:
+        raise SystemExit(f"error: results/runs/{held[0]}.json already holds a record; give another TAG, or "
+                         f"replace it with --force")
+    cal = calibrated()
+    for s, name in zip(which, names):
+        out = ROOT / "runs" / name
+        subprocess.run([sys.executable, "train.py", "--preset", preset, "--seed", str(s), "--precision", "fp32",
+                        "--out", str(out.relative_to(ROOT)), "--quiet"], cwd=ROOT, check=True)
+        keep(out, "runs", cal, force)
 
 
 def adopt(arch: str, budget: int, tag: str, folder: Path = ROOT / "results"):
@@ -174,12 +204,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     sub.add_parser("plan")
-    for what in ("search", "adopt"):
+    for what in ("search", "adopt", "seeds"):
         s = sub.add_parser(what)
         s.add_argument("arch", choices=sorted(BUDGETS))
         s.add_argument("budget", type=int)
-        if what == "adopt":
+        if what != "search":
             s.add_argument("tag", help="the run name's tag, as make seeds' TAG (e.g. avx512, avx2)")
+        if what == "seeds":
+            s.add_argument("seeds", type=int, nargs="+")
+            s.add_argument("--force", action="store_true", help="replace existing records (and say so)")
     args = p.parse_args(argv)
     if args.what == "plan":
         return plan()
@@ -187,6 +220,8 @@ def main(argv=None):
         p.error(f"{args.arch} is measured at {BUDGETS[args.arch]} development-CPU seconds, not {args.budget}")
     if args.what == "adopt":
         return adopt(args.arch, args.budget, args.tag)
+    if args.what == "seeds":
+        return seeds(args.arch, args.budget, args.tag, args.seeds, args.force)
     search(args.arch, args.budget)
 
 

@@ -328,26 +328,28 @@ BUDGETS = (60, 600, 1800)
 ALL_MLP = {60: "sprint", 600: "quick", 1800: "long"}  # the all-MLP preset made for each budget (docs/frontier.md)
 
 
-def cell_runs(preset: str, runs: list[dict], presets: dict) -> tuple[list[dict], float]:
-    """A preset's current fp32 runs on one CPU, with that CPU's development-CPU seconds per second: the
-    development CPU's when it has three seeds, else the AVX-512 CPU's (seconds x AVX512_RATIO, an estimate)
-    when they are more; never the two mixed."""
-    mine = [r for r in runs if r["preset"] == preset and r["precision"] == "fp32" and is_current(r, presets)]
+def cell_runs(preset: str, runs: list[dict], presets: dict) -> list[dict]:
+    """A preset's current fp32 runs on one CPU whose seconds convert to the development CPU's (records.dev_ratio_of:
+    calibrated in the run's session, or the CPU's fixed ratio): the development CPU's when it has three seeds
+    or as many as any other, else the CPU with the most; never two CPUs mixed."""
+    mine = [r for r in runs if r["preset"] == preset and r["precision"] == "fp32" and is_current(r, presets)
+            and records.dev_ratio_of(r) is not None]
     by_cpu = {}
     for r in mine:
-        ratio = records.dev_cpu_ratio(r["hardware"])
-        if ratio is not None:
-            by_cpu.setdefault(ratio, []).append(r)
-    dev, other = by_cpu.get(1.0, []), by_cpu.get(AVX512_RATIO, [])
-    return (dev, 1.0) if len(dev) >= 3 or len(dev) >= len(other) else (other, AVX512_RATIO)
+        by_cpu.setdefault(r["hardware"], []).append(r)
+    dev = next((rs for cpu, rs in by_cpu.items() if cpu.endswith(DEV_CPU)), [])
+    other = max((rs for cpu, rs in by_cpu.items() if not cpu.endswith(DEV_CPU)), key=len, default=[])
+    return dev if len(dev) >= 3 or len(dev) >= len(other) else other
 
 
-def cell(rs: list[dict], ratio: float) -> str:
+def cell(rs: list[dict]) -> str:
+    """Test mean ± sd, validation, and the range of development-CPU seconds: each run's own at its ratio,
+    marked ≈ where a run's ratio is its CPU's fixed estimate rather than calibrated in its session."""
     if not rs:
         return "not run yet"
     (te, te_sd), (va, _) = (records.mean_std(r[k] for r in rs) for k in ("test_acc", "val_acc"))
-    secs = [ratio * r["train_seconds"] for r in rs]
-    est = "" if ratio == 1 else "≈ "
+    secs = [records.dev_ratio_of(r) * r["train_seconds"] for r in rs]
+    est = "" if all(r.get("calibration") or r["hardware"].endswith(DEV_CPU) for r in rs) else "≈ "
     return (f"**{100 * te:.2f}** ± {100 * te_sd:.2f} % (n={len(rs)}); val {100 * va:.2f} %; "
             f"{est}{min(secs):,.0f}–{max(secs):,.0f} s, {rs[0]['epochs']} ep.")
 
@@ -361,12 +363,12 @@ def render_baselines(folder: Path, presets: dict | None = None) -> str:
     verdicts = []
     for budget in BUDGETS:
         found = {b: cell_runs(f"{b}-{budget}", runs, presets) for b in BASELINES if f"{b}-{budget}" in presets}
-        cells = [cell(*found[b]) if b in found else "—" for b in BASELINES]
+        cells = [cell(found[b]) if b in found else "—" for b in BASELINES]
         mlp = ALL_MLP[budget]
         ours = cell_runs(mlp, runs, presets)
-        cells.append(f"`{mlp}`: {cell(*ours)}")
+        cells.append(f"`{mlp}`: {cell(ours)}")
         lines.append(f"| {budget:,} s | " + " | ".join(cells) + " |")
-        verdicts.append(verdict_at(budget, mlp, ours[0], {b: rs for b, (rs, _) in found.items() if rs}))
+        verdicts.append(verdict_at(budget, mlp, ours, {b: rs for b, rs in found.items() if rs}))
     return "\n".join(lines + [""] + [v for v in verdicts if v])
 
 
@@ -389,7 +391,8 @@ def render_baseline_search(folder: Path) -> str:
     """Each baseline's search at each budget (results/trials/bl-*.json): every candidate, seed 0, and the one
     validation chose (★), which its preset NAME-SECONDS became."""
     from tools import baseline_search as baselines  # (it imports this module)
-    lines = ["| baseline | budget | candidate | epochs | training s | validation | test | hardware | chosen |",
+    lines = ["| baseline | budget | candidate | epochs | training s here (development-CPU s) | validation | test | "
+             "hardware | chosen |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | :---: |"]
     for arch, budgets in baselines.BUDGETS.items():
         for budget in budgets:
@@ -403,7 +406,10 @@ def render_baseline_search(folder: Path) -> str:
                 lines.append(f"| `{arch}` | {budget:,} s | not searched yet | | | | | | |")
             for n, t in trials.items():
                 over = "" if baselines.within(t, budget) else " (over budget: not chosen)"
-                lines.append(f"| `{arch}` | {budget:,} s | {n} | {t['epochs']} | {t['train_seconds']:.0f}{over} | "
+                dev = baselines.dev_seconds(t)
+                spent = f"{t['train_seconds']:.0f}" + (f" ({'' if t.get('calibration') else '≈ '}{dev:.0f})"
+                                                         if dev is not None else "")
+                lines.append(f"| `{arch}` | {budget:,} s | {n} | {t['epochs']} | {spent}{over} | "
                              f"{pct(t['val_acc'])} | {pct(t['test_acc'])} | {t['hardware']} | "
                              f"{'★' if n == best else ''} |")
     return "\n".join(lines)
