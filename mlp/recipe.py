@@ -198,14 +198,15 @@ CHOSEN = {
                                "schedule": "cosine"}),
     "softmax-600": ("softmax", {"epochs": 100, "lr": 0.003, "weight_decay": 0.0001, "optimizer": "adamw",
                                 "schedule": "cosine"}),
-    "d2l-mlp-60": ("d2l-mlp", {"epochs": 41, "lr": 0.002, "weight_decay": 0.05, "optimizer": "adamw",
+    "d2l-mlp-60": ("d2l-mlp", {"epochs": 56, "lr": 0.002, "weight_decay": 0.05, "optimizer": "adamw",
                                "schedule": "cosine"}),
     "d2l-mlp-600": ("d2l-mlp", {"flip_tta": True, "epochs": 100, "lr": 0.002, "weight_decay": 0.05,
                                 "optimizer": "adamw", "schedule": "cosine", "augment": True, "shift": 1}),
-    "lenet-60": ("lenet", {"epochs": 6, "lr": 0.003, "weight_decay": 0.01, "optimizer": "adamw", "schedule": "cosine"}),
+    "lenet-60": ("lenet", {"epochs": 10, "lr": 0.003, "weight_decay": 0.01, "optimizer": "adamw", "schedule": "cosine"}),
     "cnn-60": ("cnn", {"width": 8, "epochs": 1, "lr": 0.01, "val_every": 1}),
-    "cnn-600": ("cnn", {"width": 12, "epochs": 6, "val_every": 6}),
-    "lenet-600": ("lenet", {"epochs": 44}),
+    "cnn-600": ("cnn", {"width": 16, "epochs": 7, "augment": False, "flip_tta": False, "shift_tta": 0, "val_every": 7}),
+    "lenet-600": ("lenet", {"epochs": 100, "lr": 0.003, "weight_decay": 0.01, "optimizer": "adamw",
+                            "schedule": "cosine"}),
 }
 for _name, (_base, _fields) in CHOSEN.items():
     PRESETS[_name] = Preset(*override(PRESETS[_base].model, PRESETS[_base].recipe, **_fields))
