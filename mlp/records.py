@@ -132,13 +132,19 @@ def time_to_accuracy(history, acc: float = 0.90) -> tuple[float, int] | tuple[No
     return None, None
 
 
+def timed(r: dict) -> str:
+    """Where fewer of a study row's runs were timed than trained (its seconds are from one CPU): how many."""
+    n = r.get("sec_runs", r["runs"])
+    return "" if n == r["runs"] else f" (n={n})"
+
+
 def study_table(summary) -> str:
     """The patch study's summary as a Markdown table (the study notebook and README show the same)."""
     lines = ["| arm | K (patches) | params | MFLOP per training image | s/epoch | epochs | n | validation | test |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in summary:
         lines.append(f"| `{r.get('arm', r['preset'])}` | {r['patch']} ({r['patches']}) | {r['params']:,} | "
-                     f"{1e3 * r['gflops']:.1f} | {r['sec_per_epoch']:.1f} ± {r.get('sec_std', 0.0):.1f} | "
+                     f"{1e3 * r['gflops']:.1f} | {r['sec_per_epoch']:.1f} ± {r.get('sec_std', 0.0):.1f}{timed(r)} | "
                      f"{r['epochs']}{' (capped)' if r.get('capped') else ''} | {r['runs']} | "
                      f"{100 * r['val_acc']:.2f} ± {100 * r['val_std']:.2f} % | {100 * r['test_acc']:.2f} ± "
                      f"{100 * r['test_std']:.2f} % |")

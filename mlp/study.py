@@ -115,8 +115,11 @@ def train_all(arms, patches, seeds, train_limit, device, precision, json_path: P
     old = json.loads(json_path.read_text()) if resume and json_path.exists() else {}
     probes, calibrations = dict(old.get("probes", {})), dict(old.get("calibrations", {}))
     cost = costs(arms, patches)
+
+    def set_aside():  # the record's rows this plan has not (yet) made: other parameters, another CPU's epochs
+        return old.get("set_aside", []) + [r for key, r in done.items() if key not in used]
     done = {row_key(r): r for r in old.get("rows", [])}
-    rows, reused = [], 0
+    rows, reused, used = [], 0, set()
     for arm in sorted(arms, key=lambda a: bool(a.seconds)):  # equal epochs first: they time each K's epochs
         epochs = plan_epochs(arm, patches, dev, prec, probes, rows, train_limit, probe_seconds, log, calibrations)
         for s in seeds:
@@ -126,6 +129,7 @@ def train_all(arms, patches, seeds, train_limit, device, precision, json_path: P
                                                     model=model.to_dict(), recipe=recipe.to_dict(),
                                                     train_limit=train_limit, eval_limit=eval_limit)))
                 r = done.get(row_key(wanted))
+                used.add(row_key(wanted))
                 from_record = r is not None
                 reused += from_record
                 if not from_record:
@@ -141,23 +145,23 @@ def train_all(arms, patches, seeds, train_limit, device, precision, json_path: P
                              hardware=hardware.describe(dev), history=h)
                 rows.append(r)
                 save(json_path, rows, command, dev, prec, arms, patches, seeds, train_limit, eval_limit,
-                     probes=probes, calibrations=calibrations)
+                     probes=probes, calibrations=calibrations, set_aside=set_aside())
                 log(f"{arm.label:>12} K={k} seed {s}: val {r['val_acc']:.4f}  test {r['test_acc']:.4f}  "
                     f"{r['sec_per_epoch']:.1f} s/epoch x {r['epochs_run']}" + ("  (capped)" if r.get("capped") else "")
                     + ("  (reused from the record)" if from_record else ""))
     if done:
         log(f"reused {reused} of {len(rows)} runs from {json_path} (same arm, preset, K, seed, model, recipe and "
-            f"limits); its other {len(done) - reused} rows were left out")
+            f"limits); its other {len(done) - reused} rows are kept in its set_aside list, not summarised")
     return rows
 
 
 def save(json_path: Path, rows, command, dev, prec, arms, patches, seeds, train_limit, eval_limit=None,
-         probes=None, calibrations=None, **extra) -> dict:
+         probes=None, calibrations=None, set_aside=None, **extra) -> dict:
     record = dict(command=command, git_commit=records.git_commit(), hardware=hardware.describe(dev), device=str(dev),
                   precision=prec, torch=torch.__version__, complete=bool(extra),
                   parameters=dict(arms=[a.label for a in arms], patches=patches, seeds=seeds, train_limit=train_limit,
                                   eval_limit=eval_limit),
-                  probes=probes or {}, calibrations=calibrations or {}, rows=rows, **extra)
+                  probes=probes or {}, calibrations=calibrations or {}, rows=rows, set_aside=set_aside or [], **extra)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     records.atomic_write(json_path, json.dumps(record, indent=2))
     return record
@@ -169,21 +173,34 @@ def finish(json_path: Path, rows, command, dev, prec, arms, patches, seeds, trai
     `train_all` wrote (a resumed study plans its epochs from them)."""
     old = json.loads(json_path.read_text())
     return save(json_path, rows, command, dev, prec, arms, patches, seeds, train_limit, eval_limit,
-                probes=old.get("probes"), calibrations=old.get("calibrations"), summary=summary, verdict=verdicts,
-                rule=RULE)
+                probes=old.get("probes"), calibrations=old.get("calibrations"), set_aside=old.get("set_aside"),
+                summary=summary, verdict=verdicts, rule=RULE)
+
+
+def speed_cpu(rows, arm: str) -> str:
+    """The CPU an arm's seconds are compared on: the one that ran most of its rows (the first such, on a tie).
+    Accuracy pools every CPU's seeds; seconds from two CPUs never mix."""
+    counts = {}
+    for r in rows:
+        if r["arm"] == arm:
+            counts[r["hardware"]] = counts.get(r["hardware"], 0) + 1
+    return max(counts, key=counts.get)
 
 
 def summarize(rows) -> list[dict]:
-    """Mean ± standard deviation over seeds for each (arm, K), in the order the rows were planned."""
+    """Mean ± standard deviation over seeds for each (arm, K), in the order the rows were planned; seconds per
+    epoch over the runs on the arm's `speed_cpu` only (`sec_runs` of them)."""
     summary = []
     for arm, k in dict.fromkeys((r["arm"], r["patch"]) for r in rows):
         rs = [r for r in rows if r["arm"] == arm and r["patch"] == k]
-        (va, va_sd), (te, te_sd), (sec, sec_sd) = (records.mean_std(r[f] for r in rs)
-                                                   for f in ("val_acc", "test_acc", "sec_per_epoch"))
+        cpu = speed_cpu(rows, arm)
+        timed = [r for r in rs if r["hardware"] == cpu]
+        (va, va_sd), (te, te_sd) = (records.mean_std(r[f] for r in rs) for f in ("val_acc", "test_acc"))
+        sec, sec_sd = records.mean_std(r["sec_per_epoch"] for r in timed) if timed else (float("nan"), 0.0)
         summary.append(dict(arm=arm, preset=rs[0]["preset"], patch=k, patches=(28 // k) ** 2, runs=len(rs),
                             epochs=rs[0]["epochs"], params=rs[0]["params"], gflops=rs[0]["gflops"],
-                            sec_per_epoch=sec, sec_std=sec_sd, val_acc=va, val_std=va_sd, test_acc=te,
-                            test_std=te_sd, capped=any(r.get("capped") for r in rs)))
+                            sec_per_epoch=sec, sec_std=sec_sd, sec_runs=len(timed), sec_hardware=cpu, val_acc=va,
+                            val_std=va_sd, test_acc=te, test_std=te_sd, capped=any(r.get("capped") for r in rs)))
     return summary
 
 
@@ -198,13 +215,15 @@ def compare(a: dict, b: dict, field: str, higher_is_better: bool) -> str | None:
     if a.get("capped") or b.get("capped"):
         return None
     sd = {"test_acc": "test_std", "val_acc": "val_std", "sec_per_epoch": "sec_std"}[field]
-    return records.outcome((a[field], a.get(sd, 0.0), a["runs"]), (b[field], b.get(sd, 0.0), b["runs"]),
-                           higher_is_better)
+    n = "sec_runs" if field == "sec_per_epoch" else "runs"  # seconds: the runs on one CPU (summarize)
+    return records.outcome((a[field], a.get(sd, 0.0), a.get(n, a["runs"])), (b[field], b.get(sd, 0.0),
+                           b.get(n, b["runs"])), higher_is_better)
 
 
 RULE = ("A K is more accurate than another only where its mean test accuracy beats the other's by more than twice "
-        "the standard error of the difference of the means; faster likewise on seconds per epoch. Otherwise: no "
-        "significant difference. One-seed and capped rows get no verdict.")
+        "the standard error of the difference of the means; faster likewise on seconds per epoch, over the runs on "
+        "one CPU (accuracy pools every CPU's seeds). Otherwise: no significant difference. One-seed and capped rows "
+        "get no verdict.")
 
 
 def verdict(summary) -> list[str]:
@@ -219,7 +238,8 @@ def verdict(summary) -> list[str]:
         for k in (k for k in rs if k != 4):
             acc, fast = compare(four, rs[k], "test_acc", True), compare(four, rs[k], "sec_per_epoch", False)
             if acc is None or fast is None:
-                why = "capped" if four.get("capped") or rs[k].get("capped") else "one seed"
+                why = ("capped" if four.get("capped") or rs[k].get("capped") else "one seed" if acc is None else
+                       "fewer than two runs of each K timed on one CPU")
                 parts.append(f"against K={k}: no verdict ({why})")
                 holds = None
                 continue
@@ -229,7 +249,8 @@ def verdict(summary) -> list[str]:
                          f" {speed[fast]} ({four['sec_per_epoch']:.1f} vs {rs[k]['sec_per_epoch']:.1f} s/epoch)")
             holds = holds and acc == "a" and fast == "a"
         claim = ("no verdict" if holds is None else "the claim holds" if holds else "the claim does not hold")
-        out.append(f"`{arm}` (n={four['runs']} seeds per K): {'; '.join(parts)}: {claim}.")
+        timed = f"; seconds from {four.get('sec_runs', four['runs'])} of them on {four.get('sec_hardware', 'one CPU')}"
+        out.append(f"`{arm}` (n={four['runs']} seeds per K{timed}): {'; '.join(parts)}: {claim}.")
     return out
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from mlp import hardware, notebook, study
+from mlp import hardware, notebook, records, study
 from tools import render
 
 # Equal epochs for both networks, and equal time (60 development-CPU seconds, converted at the ratio calibrated
@@ -57,8 +57,8 @@ def test_study_notebook_runs_with_tiny_parameters_and_resumes(tmp_path):
 
 
 def row(k, test, sd, sec=10.0, sec_sd=0.1, runs=3, **kw):
-    return dict(arm="quick@10ep", patch=k, runs=runs, test_acc=test, test_std=sd, sec_per_epoch=sec, sec_std=sec_sd,
-                **kw)
+    return dict(dict(arm="quick@10ep", patch=k, runs=runs, test_acc=test, test_std=sd, sec_per_epoch=sec,
+                     sec_std=sec_sd, sec_runs=runs, sec_hardware="CPU A"), **kw)
 
 
 def test_a_difference_inside_twice_its_standard_error_is_no_difference():
@@ -70,11 +70,30 @@ def test_a_difference_inside_twice_its_standard_error_is_no_difference():
     assert study.compare(row(4, 0.95, 0.0, runs=1), row(2, 0.5, 0.0, runs=1), "test_acc", True) is None
     assert study.compare(row(4, 0.95, 0.001), row(2, 0.5, 0.001, capped=True), "test_acc", True) is None
     lines = study.verdict([row(2, 0.912, 0.002, sec=30.0), row(4, 0.915, 0.002), row(7, 0.90, 0.001, sec=5.0)])
-    assert lines == ["`quick@10ep` (n=3 seeds per K): against K=2: no significant difference (+0.30 points), K=4 "
+    assert lines == ["`quick@10ep` (n=3 seeds per K; seconds from 3 of them on CPU A): against K=2: no significant difference (+0.30 points), K=4 "
                      "faster (10.0 vs 30.0 s/epoch); against K=7: K=4 more accurate (+1.50 points), K=7 faster (10.0 "
                      "vs 5.0 s/epoch): the claim does not hold."]
     one = study.verdict([row(2, 0.9, 0.0, runs=1), row(4, 0.95, 0.0, runs=1)])
-    assert one == ["`quick@10ep` (n=1 seeds per K): against K=2: no verdict (one seed): no verdict."]
+    assert one == ["`quick@10ep` (n=1 seeds per K; seconds from 1 of them on CPU A): against K=2: no verdict (one "
+                   "seed): no verdict."]
+    untimed = study.verdict([row(2, 0.90, 0.001, sec_runs=1), row(4, 0.95, 0.001, sec_runs=1)])
+    assert "K=4 more accurate" not in untimed[0] and "no verdict (fewer than two runs of each K timed on one CPU)" \
+        in untimed[0]
+
+
+def test_accuracy_pools_every_cpus_seeds_and_seconds_come_from_one_cpu():
+    """Seeds of a study trained in sessions on two CPUs: test accuracy over all three, seconds per epoch over
+    the two on the CPU that ran most of the arm, never the third's faster CPU."""
+    def run(k, seed, cpu, sec, test):
+        return dict(arm="quick@10ep", preset="quick", patch=k, seed=seed, epochs=10, params=1, gflops=0.1,
+                    hardware=cpu, sec_per_epoch=sec, val_acc=test, test_acc=test)
+    rows = [run(k, s, cpu, sec * (1 if cpu == "A" else 0.5), test)
+            for s, cpu in ((0, "A"), (1, "A"), (2, "B")) for k, sec, test in ((2, 90.0 + s, 0.92), (4, 25.0 + s, 0.91))]
+    summary = {r["patch"]: r for r in study.summarize(rows)}
+    assert summary[2]["runs"] == 3 and summary[2]["sec_runs"] == 2 and summary[2]["sec_hardware"] == "A"
+    assert summary[2]["sec_per_epoch"] == 90.5 and summary[4]["sec_per_epoch"] == 25.5
+    assert "| 90.5 ± 0.7 (n=2) | 10 | 3 |" in records.study_table(summary.values())
+    assert "seconds from 2 of them on A" in study.verdict(list(summary.values()))[0]
 
 
 @pytest.mark.parametrize("text,message", [("quick@10", "write PRESET"), ("nope@10ep", "write PRESET"),
@@ -95,7 +114,8 @@ def test_the_study_reuses_a_row_only_for_the_same_network_recipe_and_limits(tmp_
     path.write_text(json.dumps(dict(record, rows=[stale])))
     second = study.train_all(*args, log=logs.append, eval_limit=64)
     assert second[0]["val_acc"] != 0.123 and second[0]["model"] == first[0]["model"]
-    assert "reused 0 of 1 runs" in logs[-1] and "its other 1 rows were left out" in logs[-1]
+    assert "reused 0 of 1 runs" in logs[-1] and "its other 1 rows are kept in its set_aside list" in logs[-1]
+    assert [r["val_acc"] for r in json.loads(path.read_text())["set_aside"]] == [0.123], "nothing lost"
     third = study.train_all(*args, log=logs.append, eval_limit=64)
     as_saved = json.loads(json.dumps(second[0]["history"]))
     assert third[0]["history"] == as_saved and "reused 1 of 1 runs" in logs[-1]
