@@ -346,7 +346,8 @@ def test_a_gpu_results_folder_renders_its_own_rows(tmp_path):
 
 def test_a_patch_study_in_progress_renders_its_runs_so_far_and_says_so(tmp_path):
     rows = [dict(arm="quick@10ep", preset="quick", patch=k, seed=0, epochs=10, params=100_000, gflops=0.05,
-                 sec_per_epoch=sec, val_acc=0.91, test_acc=0.90, capped=False) for k, sec in ((2, 100.0), (4, 20.0))]
+                 sec_per_epoch=sec, val_acc=0.91, test_acc=0.90, capped=False, hardware="AMD EPYC (2 cores, 2 threads, AVX2)")
+            for k, sec in ((2, 100.0), (4, 20.0))]
     record = dict(command="make study", git_commit="abc1234", hardware="AMD EPYC (2 cores, 2 threads, AVX2)",
                   precision="fp32", complete=False, rows=rows,
                   parameters=dict(arms=["quick@10ep"], patches=[2, 4, 7], seeds=[0, 1, 2]))
