@@ -2,8 +2,8 @@
 
   1. `best` x 3 seeds            -> OUT/runs/best-gpu-seed{0,1,2}.json
   2. the `seed` network, 200 epochs, test accuracy per epoch (curve only) -> OUT/runs/seed-curve-gpu.json
-  3. the patch-size study at equal epochs (3 seeds, K 2/4/7, `quick` 10 and `seed` 10 epochs, interleaved
-     by K) -> OUT/patch_study.json/.png
+  3. the patch-size study at equal epochs (3 seeds, K 2/4/7, `seed` then `quick`, 10 epochs each,
+     interleaved by K; a study cut short keeps its rows so far) -> OUT/patch_study.json/.png
   4. the speed benchmark against the d2l-style loop on the same GPU -> OUT/bench_gpu.json
 
     make gpu-results                                  # python3 -m tools.gpu_results --out gpu-results
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     study = None
     if "study" not in args.skip:
         params = dict(seeds=[0] if args.dry_run else [0, 1, 2], patches=[4, 7] if args.dry_run else [2, 4, 7],
-                      arms=["seed@1ep", "quick@1ep"] if args.dry_run else ["quick@10ep", "seed@10ep"],
+                      arms=["seed@1ep", "quick@1ep"] if args.dry_run else ["seed@10ep", "quick@10ep"],  # the seed's own claim first
                       train_limit=256 if args.dry_run else None, eval_limit=128 if args.dry_run else None)
         code = ("from mlp import study; import json; study.study(**json.loads({!r}), device={!r}, precision={!r}, json_path={!r}, "
                 "png_path={!r}, command={!r}, resume=False, max_seconds={!r})").format(
