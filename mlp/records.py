@@ -70,7 +70,10 @@ def atomic_write(path, payload: bytes | str):
 def git_commit() -> str | None:
     """HEAD (with "-dirty" if tracked files differ), read once per process: call it when a run starts, so a
     commit made while it trains is not credited with its results. Where there is no git repository (a copy
-    of the tree on a GPU machine), $MLP_GIT_COMMIT, set by whoever copied it."""
+    of the tree on a GPU machine), $MLP_GIT_COMMIT, set by whoever copied it; it wins where set, since such a
+    copy can carry a stale .git (the first H200 run read 9edd377-dirty from one, at 30590a4)."""
+    if os.environ.get("MLP_GIT_COMMIT"):
+        return os.environ["MLP_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
         if out.returncode == 0:
@@ -79,7 +82,7 @@ def git_commit() -> str | None:
             return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("MLP_GIT_COMMIT")
+    return None
 
 
 DEV_CPU = "AVX2)"  # the development CPU's hardware string ends so: "AMD EPYC (2 cores, 2 threads, AVX2)"

@@ -21,13 +21,15 @@ def test_dry_run_writes_every_result_file_and_they_render(gpu_dry_run, tmp_path)
         assert m["command"].startswith("python -m tools.gpu_results (python train.py --preset")
     assert [runs[f"best-gpu-seed{s}"]["seed"] for s in range(2)] == [0, 1]
     assert all("test_acc" in h for h in runs["seed-curve-gpu"]["history"]), "the curve has test accuracy per epoch"
-    study = json.loads((out / "patch_study.json").read_text())
-    assert study["complete"] and len(study["rows"]) == 4 and (out / "patch_study.png").stat().st_size > 10_000
+    assert not (out / "patch_study.json").exists(), "copied into results/, it would replace the CPU study"
+    study = json.loads((out / "patch_study_gpu.json").read_text())
+    assert study["complete"] and len(study["rows"]) == 4 and (out / "patch_study_gpu.png").stat().st_size > 10_000
     bench = json.loads((out / "bench_gpu.json").read_text())
     assert bench["device"] == "cpu" and bench["quick"] and bench["git_commit"]
     assert not (out / "work").exists(), "checkpoints are not results"
     # everything renders as it would in README once copied into results/
     assert len(render.load_runs(out)) == 3 and render.render_presets(out)  # (subset runs: not table rows)
     assert "| 1 |" in render.render_seed_curve(out)
-    assert "python -m tools.gpu_results (patch study)" in render.render_patch_study(out)
+    assert "python -m tools.gpu_results (patch study)" in render.render_patch_study(out, "patch_study_gpu.json")
+    assert "Not run yet" in render.render_patch_study(tmp_path, "patch_study_gpu.json")
     assert "img/s" in render.render_bench_gpu(out) and "Not measured yet" in render.render_bench_gpu(tmp_path)

@@ -3,7 +3,8 @@
   1. `best` x 3 seeds            -> OUT/runs/best-gpu-seed{0,1,2}.json
   2. the `seed` network, 200 epochs, test accuracy per epoch (curve only) -> OUT/runs/seed-curve-gpu.json
   3. the patch-size study at equal epochs (3 seeds, K 2/4/7, `seed` then `quick`, 10 epochs each,
-     interleaved by K; a study cut short keeps its rows so far) -> OUT/patch_study.json/.png
+     interleaved by K; a study cut short keeps its rows so far) -> OUT/patch_study_gpu.json/.png (not
+     patch_study.json: copied into results/, it must not replace the CPU study)
   4. the speed benchmark against the d2l-style loop on the same GPU -> OUT/bench_gpu.json
 
     make gpu-results                                  # python3 -m tools.gpu_results --out gpu-results
@@ -100,8 +101,8 @@ def main(argv=None) -> int:
                       train_limit=256 if args.dry_run else None, eval_limit=128 if args.dry_run else None)
         code = ("from mlp import study; import json; study.study(**json.loads({!r}), device={!r}, precision={!r}, json_path={!r}, "
                 "png_path={!r}, command={!r}, resume=False, max_seconds={!r})").format(
-            json.dumps(params), args.device, args.precision, str(out / "patch_study.json"),
-            str(out / "patch_study.png"), "python -m tools.gpu_results (patch study)", args.cap)
+            json.dumps(params), args.device, args.precision, str(out / "patch_study_gpu.json"),
+            str(out / "patch_study_gpu.png"), "python -m tools.gpu_results (patch study)", args.cap)
         study = [sys.executable, "-c", code]
     # The benchmark times the device alone, after the other parts; the dry run times nothing (tiny sizes on
     # the CPU) and starts it first, beside the probe and the parts.

@@ -427,15 +427,24 @@ def render_seed_curve(folder: Path) -> str:
     lines = [f"`{r['command']}` (seed {r['seed']}, {r['hardware']}, {r['precision']}, commit {str(r['git_commit'])[:7]}"
              f"{capped}):",
              "", "| epoch | train loss | validation | test | seconds |", "| ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {h['epoch']} | {h['train_loss']:.4f} | {pct(h['val_acc'])} | {pct(h['test_acc'])} | "
-              f"{h['seconds']:.0f} |" for h in r["history"]]
+    h = r["history"]
+    best = max((e for e in h if e.get("val_acc") is not None), key=lambda e: e["val_acc"], default=h[-1])["epoch"]
+    shown = [e for e in h if len(h) <= 20 or e["epoch"] <= 10 or e["epoch"] % 10 == 0 or e["epoch"] in (best, h[-1]["epoch"])]
+    lines += [f"| {e['epoch']} | {e['train_loss']:.4f} | {pct(e['val_acc'])} | {pct(e['test_acc'])} | "
+              f"{e['seconds']:.0f} |" for e in shown]
+    if len(shown) < len(h):  # a long curve: its shape, not every row (the record has them all)
+        lines += ["", f"{len(shown)} of its {len(h)} epochs: 1–10, every tenth, epoch {best} (the best validation) "
+                      f"and the last; `results/runs/{r['file']}` has every one."]
     return "\n".join(lines)
 
 
-def render_patch_study(folder: Path) -> str:
+def render_patch_study(folder: Path, name: str = "patch_study.json") -> str:
     """The study's table and verdict; a study still in progress (its record is rewritten after every run) shows
-    the runs recorded so far, and says so."""
-    st = load(folder / "patch_study.json", ("rows", "hardware", "precision", "command", "git_commit"))
+    the runs recorded so far, and says so. `name`: the CPU study (`make study`) or the GPU's (`make gpu-results`)."""
+    gpu = name == "patch_study_gpu.json"
+    if gpu and not (folder / name).exists():
+        return "Not run yet: `make gpu-results` writes `results/patch_study_gpu.json`, which this table renders."
+    st = load(folder / name, ("rows", "hardware", "precision", "command", "git_commit"))
     from mlp import study  # the verdict by today's rule, from the recorded summary (not the words it was saved with)
     summary = st.get("summary") or study.summarize(st["rows"])
     lines = [records.study_table(summary)]
@@ -445,7 +454,8 @@ def render_patch_study(folder: Path) -> str:
         p = st.get("parameters", {})
         planned = len(p.get("arms", [])) * len(p.get("patches", [])) * len(p.get("seeds", []))
         lines[-1] += (f" In progress: {len(st['rows'])} of the {planned} runs its command planned are recorded; "
-                      f"`make study` resumes it, reusing them.")
+                      + ("the GPU window ended the rest (`make gpu-results` starts the study afresh)." if gpu else
+                         "`make study` resumes it, reusing them."))
     if any("model" not in r for r in st.get("rows", [])):
         lines[-1] += (f" These rows predate the record of each run's model config: each preset is the network it "
                       f"was at commit {str(st['git_commit'])[:7]} (`quick` has changed since), and `make study` "
@@ -453,12 +463,12 @@ def render_patch_study(folder: Path) -> str:
     return "\n".join(lines)
 
 
-def plot_patch_study(folder: Path):
-    """results/patch_study.png from the record as it stands (a study in progress too), as the notebook draws it."""
+def plot_patch_study(folder: Path, name: str = "patch_study"):
+    """results/NAME.png from the record as it stands (a study in progress too), as the notebook draws it."""
     from mlp import study
-    st = json.loads((folder / "patch_study.json").read_text())
+    st = json.loads((folder / f"{name}.json").read_text())
     summary = st.get("summary") or study.summarize(st["rows"])
-    study.plot(summary, folder / "patch_study.png", st["precision"], st.get("device", "cpu").split(":")[0])
+    study.plot(summary, folder / f"{name}.png", st["precision"], st.get("device", "cpu").split(":")[0])
 
 
 def render_best_probe(folder: Path) -> str:
@@ -612,7 +622,8 @@ RENDERERS = {"frontier": render_frontier, "make_run": render_make_run, "bench": 
              "profile": render_profile, "muon_ns": render_muon_ns, "live_overhead": render_live_overhead,
              "presets": render_presets, "targets": render_targets,
              "presets_all": lambda folder: render_presets(folder, superseded=True, baselines=True),
-             "seed_curve": render_seed_curve, "patch_study": render_patch_study, "best_probe": render_best_probe,
+             "seed_curve": render_seed_curve, "patch_study": render_patch_study,
+             "patch_study_gpu": lambda folder: render_patch_study(folder, "patch_study_gpu.json"), "best_probe": render_best_probe,
              "baselines": render_baselines, "baseline_search": render_baseline_search, "model_card": render_model_card, "model_classes": render_model_classes}
 
 
@@ -681,8 +692,9 @@ def main(argv=None):
         print(f"updated {f}")
     if any("<!-- results:frontier -->" in t for t in pages.values()):
         plot_frontier(folder, folder / "frontier.png")
-    if any("<!-- results:patch_study -->" in t for t in pages.values()) and (folder / "patch_study.json").exists():
-        plot_patch_study(folder)
+    for name in ("patch_study", "patch_study_gpu"):
+        if any(f"<!-- results:{name} -->" in t for t in pages.values()) and (folder / f"{name}.json").exists():
+            plot_patch_study(folder, name)
 
 
 if __name__ == "__main__":
