@@ -1,4 +1,5 @@
-"""Every GPU result in one command that fits a 15-minute GPU window (about 8 minutes of work):
+"""Every GPU result in one command (on an H200, more than one 15-minute window: run it in parts with --skip;
+docs/results.md says what one window held):
 
   1. `best` x 3 seeds            -> OUT/runs/best-gpu-seed{0,1,2}.json
   2. the `seed` network, 200 epochs, test accuracy per epoch (curve only) -> OUT/runs/seed-curve-gpu.json
