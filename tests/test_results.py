@@ -354,5 +354,8 @@ def test_a_patch_study_in_progress_renders_its_runs_so_far_and_says_so(tmp_path)
     (tmp_path / "patch_study.json").write_text(json.dumps(record))
     text = render.render_patch_study(tmp_path)
     assert "| `quick@10ep` | 2 (196) |" in text and "| 100.0 ± 0.0 | 10 | 1 |" in text
-    assert "In progress: 2 of the 9 runs its command planned are recorded" in text
+    assert "In progress: 2 of the 9 runs its command planned are recorded" in text and "`make study` resumes" in text
+    (tmp_path / "patch_study_gpu.json").write_text(json.dumps(record))  # a GPU window's study does not resume
+    gpu = render.render_patch_study(tmp_path, "patch_study_gpu.json")
+    assert "the GPU window ended the rest" in gpu and "`make study` resumes" not in gpu
     assert "against K=2: no verdict (one seed)" in text
