@@ -159,6 +159,10 @@ def test_the_baselines_table_is_per_budget_mean_and_std_over_seeds(tmp_path):
         (runs / f"cnn-{s}.json").write_text(json.dumps(dict(r, calibration=dict(ratio=ratio))))
     row = next(line for line in render.render_baselines(tmp_path, presets).splitlines() if line.startswith("| 600 s |"))
     assert "val 90.00 %; 240–360 s, 2 ep." in row
+    for s in (1, 2):
+        (runs / f"cnn-{s}.json").unlink()
+    row = next(line for line in render.render_baselines(tmp_path, presets).splitlines() if line.startswith("| 600 s |"))
+    assert "**90.00** % (n=1)" in row and "±" not in row, "one seed has no spread to print"
 
 
 def test_a_baseline_run_resumes_from_its_checkpoint_and_extends(tmp_path):

@@ -83,7 +83,7 @@ def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_run
     (runs / "quick-v1.json").write_text(json.dumps(older))
     assert render.render_presets(tmp_path) == table
     table = render.render_presets(tmp_path, superseded=True)
-    assert table.count("| `quick` |") == 2 and "| `quick` | K=4, width 64, 4 blocks | 2 | 0 | **80.00** ± 0.00 % |" in table
+    assert table.count("| `quick` |") == 2 and "| `quick` | K=4, width 64, 4 blocks | 2 | 0 | **80.00** % |" in table
     # ... and so is the same network evaluated on a moving average of its weights (recipe.ema)
     averaged = run_json("quick", 0, 0.85, model=dict(patch=4, dim=64, blocks=[{}] * 4), recipe=dict(ema=0.998))
     (runs / "quick-ema.json").write_text(json.dumps(averaged))

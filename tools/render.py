@@ -234,7 +234,7 @@ def render_presets(folder: Path, superseded: bool = False, baselines: bool = Fal
         now = f" {'no' if old else 'yes'} |" if superseded else ""
         epochs = f"{epochs} (capped)" if any(r.get("capped") for r in rs) else epochs
         lines.append(f"| `{preset}` | {net} | {epochs} | {', '.join(str(r['seed']) for r in rs)} | "
-                     f"**{100 * te:.2f}** ± {100 * te_sd:.2f} % | {100 * va:.2f} ± {100 * va_sd:.2f} % | "
+                     f"**{100 * te:.2f}**{pm(te_sd, len(rs))} % | {100 * va:.2f}{pm(va_sd, len(rs))} % | "
                      f"{sec:.0f} s | {hw}, {prec} | {', '.join(r['file'].removesuffix('.json') for r in rs)} |{now}")
     return "\n".join(lines)
 
@@ -342,6 +342,11 @@ def cell_runs(preset: str, runs: list[dict], presets: dict) -> list[dict]:
     return dev if len(dev) >= 3 or len(dev) >= len(other) else other
 
 
+def pm(sd: float, n: int) -> str:
+    """" ± sd" over n seeds; nothing for one seed, whose spread is unknown rather than zero."""
+    return f" ± {100 * sd:.2f}" if n > 1 else ""
+
+
 def cell(rs: list[dict]) -> str:
     """Test mean ± sd, validation, and the range of development-CPU seconds: each run's own at its ratio,
     marked ≈ where a run's ratio is its CPU's fixed estimate rather than calibrated in its session."""
@@ -350,7 +355,7 @@ def cell(rs: list[dict]) -> str:
     (te, te_sd), (va, _) = (records.mean_std(r[k] for r in rs) for k in ("test_acc", "val_acc"))
     secs = [records.dev_ratio_of(r) * r["train_seconds"] for r in rs]
     est = "" if all(r.get("calibration") or r["hardware"].endswith(DEV_CPU) for r in rs) else "≈ "
-    return (f"**{100 * te:.2f}** ± {100 * te_sd:.2f} % (n={len(rs)}); val {100 * va:.2f} %; "
+    return (f"**{100 * te:.2f}**{pm(te_sd, len(rs))} % (n={len(rs)}); val {100 * va:.2f} %; "
             f"{est}{min(secs):,.0f}–{max(secs):,.0f} s, {rs[0]['epochs']} ep.")
 
 
@@ -596,8 +601,8 @@ def render_model_card(folder: Path) -> str:
             ("test accuracy, this model", f"**{pct(m['test_acc'])}** (10,000 test images, {e['eval_views']} views, "
                                           f"{e['precision']}; recomputed from the file by `{e['command']}`: "
                                           f"{pct(e['test_acc'])})"),
-            (f"test accuracy, `{m['preset']}` over {len(rs)} seeds", f"{100 * te:.2f} ± {100 * te_sd:.2f} % "
-             f"(validation {100 * va:.2f} ± {100 * va_sd:.2f} %; "
+            (f"test accuracy, `{m['preset']}` over {len(rs)} seeds", f"{100 * te:.2f}{pm(te_sd, len(rs))} % "
+             f"(validation {100 * va:.2f}{pm(va_sd, len(rs))} %; "
              f"{', '.join(r['file'].removesuffix('.json') for r in rs)} in results/runs/)")]
     return table(rows)
 
