@@ -105,6 +105,14 @@ def test_the_search_chooses_on_validation_within_the_budget_and_never_reads_the_
     assert not programme.within(dict(slow_day, train_seconds=350.0), 600), "at 3.2x it would fit; at 1.9x it does not"
 
 
+def test_a_refit_converts_its_trials_epoch_through_development_cpu_seconds():
+    """A trial over its budget is refitted from its own seconds per epoch, which may come from another CPU."""
+    xeon = dict(train_seconds=1100.0, epochs=100, hardware="Intel(R) Xeon(R) Processor (2 cores, 2 threads, AMX)",
+                calibration=dict(ratio=2.0))  # 11 s an epoch there = 22 development-CPU seconds
+    assert programme.epoch_here(xeon, dict(ratio=2.0)) == pytest.approx(11.0)
+    assert programme.epoch_here(xeon, dict(ratio=4.0)) == pytest.approx(5.5), "a CPU twice as fast: half the time"
+
+
 def test_a_budget_is_converted_at_the_ratio_measured_now():
     """The reference epoch (quick, fp32) timed here against its recorded seconds on the development CPU."""
     from mlp import budget, hardware, records

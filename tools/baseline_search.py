@@ -88,6 +88,12 @@ def within(t: dict, budget: int) -> bool:
     return spent is not None and spent <= budget * TOLERANCE
 
 
+def epoch_here(t: dict, cal: dict) -> float:
+    """A trial's seconds per epoch in this CPU's seconds: through development-CPU seconds, since the trial may
+    have run on another CPU (an AMX Xeon's LeNet epoch is not an AVX-512 EPYC's)."""
+    return records.dev_ratio_of(t) * t["train_seconds"] / t["epochs"] / cal["ratio"]
+
+
 def choice(trials: dict[str, dict], budget: int | None = None) -> str | None:
     """The candidate validation chose (its best epoch's validation accuracy) among those that trained within
     the budget; the test set is not read."""
@@ -122,7 +128,7 @@ def search(arch: str, seconds: int):
             continue
         if tried:  # over its budget: again, with the epochs its own run's seconds per epoch fit
             last = min(tried, key=lambda t: t["epochs"])
-            per_epoch, how = last["train_seconds"] / last["epochs"], f"its {last['epochs']}-epoch run"
+            per_epoch, how = epoch_here(last, cal), f"its {last['epochs']}-epoch run"
         else:
             per_epoch, how = budget.seconds_per_epoch(*get_preset(arch, **overrides)), "a probe"
         epochs = budget.epochs_within(here, per_epoch, MAX_EPOCHS.get(arch))
