@@ -88,25 +88,25 @@ def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_run
     averaged = run_json("quick", 0, 0.85, model=dict(patch=4, dim=64, blocks=[{}] * 4), recipe=dict(ema=0.998))
     (runs / "quick-ema.json").write_text(json.dumps(averaged))
     table = render.render_presets(tmp_path, superseded=True)
-    assert table.count("| `quick` |") == 3 and "| `quick` | K=4, width 64, 4 blocks, EMA 0.998 | 2 | 0 | **85.00** ±" in table
+    assert table.count("| `quick` |") == 3 and "| `quick` | K=4, width 64, 4 blocks, EMA 0.998 | 2 | 0 | **85.00** % |" in table
     # ... and the same network trained by another optimiser (recipe.optimizer)
     muon = run_json("quick", 0, 0.86, model=dict(patch=4, dim=64, blocks=[{}] * 4), recipe=dict(ema=0.998, optimizer="muon"))
     (runs / "quick-muon.json").write_text(json.dumps(muon))
     table = render.render_presets(tmp_path, superseded=True)
-    assert table.count("| `quick` |") == 4 and "| `quick` | K=4, width 64, 4 blocks, Muon, EMA 0.998 | 2 | 0 | **86.00** ±" in table
+    assert table.count("| `quick` |") == 4 and "| `quick` | K=4, width 64, 4 blocks, Muon, EMA 0.998 | 2 | 0 | **86.00** % |" in table
     # ... and the same network evaluated with shifted views averaged (model.shift_tta)
     shifts = run_json("quick", 0, 0.87, model=dict(patch=4, dim=64, blocks=[{}] * 4, shift_tta=1),
                       recipe=dict(ema=0.998, optimizer="muon"))
     (runs / "quick-tta.json").write_text(json.dumps(shifts))
     table = render.render_presets(tmp_path, superseded=True)
     assert table.count("| `quick` |") == 5 and ("| `quick` | K=4, width 64, 4 blocks, ±1 px shift averaging, Muon, "
-                                                "EMA 0.998 | 2 | 0 | **87.00** ±") in table
+                                                "EMA 0.998 | 2 | 0 | **87.00** % |") in table
     # ... and a network whose token MLPs are narrower (their hidden width)
     narrow = run_json("quick", 0, 0.88, model=dict(patch=4, dim=64, blocks=[dict(tokens=[49, 16, 49], features=[64, 256, 64])] * 4),
                       recipe={})
     (runs / "quick-narrow.json").write_text(json.dumps(narrow))
     table = render.render_presets(tmp_path, superseded=True)
-    assert table.count("| `quick` |") == 6 and "| `quick` | K=4, width 64, 4 blocks, token MLPs 16 wide | 2 | 0 | **88.00** ±" in table
+    assert table.count("| `quick` |") == 6 and "| `quick` | K=4, width 64, 4 blocks, token MLPs 16 wide | 2 | 0 | **88.00** % |" in table
     curve = render.render_seed_curve(tmp_path)
     assert "| 1 | 1.0000 | 86.00 % | 85.00 % | 60 |" in curve and "| 2 |" in curve
 
@@ -130,7 +130,7 @@ def test_a_run_that_is_not_the_preset_now_is_left_out_of_every_preset_table(tmp_
     assert "quick-avx2-seed0, quick-avx2-seed1, quick-avx2-seed2 |" in render.render_targets(tmp_path)
     assert "50.00" not in render.render_targets(tmp_path) and "**92.00** ± 0.00 % (n=3)" in render.render_baselines(tmp_path)
     every = render.render_presets(tmp_path, superseded=True)
-    assert every.count("| **50.00** ± 0.00 % |") == 5 and every.count("| no |") == 5, "each version its own row"
+    assert every.count("| **50.00** % |") == 5 and every.count("| no |") == 5, "each version its own row"
     assert "| quick-avx2-seed0, quick-avx2-seed1, quick-avx2-seed2 | yes |" in every
 
 
