@@ -209,6 +209,8 @@ CHOSEN = {
                             "schedule": "cosine"}),
     # 308 k parameters, above quick's 100-200 k: validation chose it, and a bigger opponent is no strawman
     "cnn-1800": ("cnn", {"width": 32, "epochs": 11, "val_every": 11}),
+    "lenet-1800": ("lenet", {"epochs": 280, "lr": 0.003, "weight_decay": 0.01, "optimizer": "adamw",
+                             "schedule": "cosine", "augment": True, "shift": 1, "flip_tta": True}),
 }
 for _name, (_base, _fields) in CHOSEN.items():
     PRESETS[_name] = Preset(*override(PRESETS[_base].model, PRESETS[_base].recipe, **_fields))
