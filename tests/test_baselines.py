@@ -173,6 +173,24 @@ def test_the_baselines_table_is_per_budget_mean_and_std_over_seeds(tmp_path):
     assert "**90.00** % (n=1)" in row and "±" not in row, "one seed has no spread to print"
 
 
+def test_the_equal_time_plot_draws_the_tables_runs_at_their_own_ratios(tmp_path):
+    from test_results import run_json
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    xeon = "Intel(R) Xeon(R) Processor (2 cores, 2 threads, AMX)"
+    for s, (acc, ratio) in enumerate(((0.90, 2.0), (0.91, 2.5), (0.92, 3.0))):
+        r = dict(run_json("cnn", s, acc, hardware=xeon), preset="cnn-600", calibration=dict(ratio=ratio))
+        (runs / f"cnn-{s}.json").write_text(json.dumps(r))
+    other_cpu = dict(run_json("cnn", 3, 0.50, hardware="AMD EPYC (2 cores, 2 threads, AVX-512+BF16)"), preset="cnn-600")
+    (runs / "cnn-elsewhere.json").write_text(json.dumps(other_cpu))  # one seed on another CPU: not the cell's
+    presets = dict(render.current_presets(), **{"cnn-600": render.current_presets()["cnn"]})
+    series = render.baseline_series(tmp_path, presets)
+    assert list(series) == ["cnn"], "a column without runs draws nothing"
+    assert series["cnn"] == [(600, [(240.0, 0.90), (300.0, 0.91), (360.0, 0.92)])]
+    render.plot_baselines(tmp_path, tmp_path / "baselines.png", presets)
+    assert (tmp_path / "baselines.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_baseline_run_resumes_from_its_checkpoint_and_extends(tmp_path):
     out = tmp_path / "lenet"
     common = ["--train-limit", "512", "--eval-limit", "256", "--quiet"]

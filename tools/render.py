@@ -377,6 +377,44 @@ def render_baselines(folder: Path, presets: dict | None = None) -> str:
     return "\n".join(lines + [""] + [v for v in verdicts if v])
 
 
+def baseline_series(folder: Path, presets: dict | None = None) -> dict[str, list[tuple[int, list[tuple[float, float]]]]]:
+    """What the baselines table's cells hold, per column: (budget, [(development-CPU seconds, test accuracy) per
+    run]), the runs chosen as the table chooses them and each run's seconds at its own ratio."""
+    runs, presets = load_runs(folder), presets or current_presets()
+    series = {}
+    for budget in BUDGETS:
+        for name, preset in [*((b, f"{b}-{budget}") for b in BASELINES), ("all-MLP", ALL_MLP[budget])]:
+            rs = cell_runs(preset, runs, presets) if preset in presets else []
+            if rs:
+                series.setdefault(name, []).append(
+                    (budget, [(records.dev_ratio_of(r) * r["train_seconds"], r["test_acc"]) for r in rs]))
+    return series
+
+
+def plot_baselines(folder: Path, png: Path, presets: dict | None = None):
+    """results/baselines.png: the baselines table drawn: every run at its development-CPU seconds, a line through
+    each column's per-budget means."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    ax = fig.subplots()
+    colors = dict(zip([*BASELINES, "all-MLP"], ("tab:gray", "tab:olive", "tab:orange", "tab:red", "tab:blue")))
+    for name, cells in baseline_series(folder, presets).items():
+        runs = [pt for _, pts in cells for pt in pts]
+        ax.scatter([s for s, _ in runs], [100 * a for _, a in runs], s=18, alpha=0.6, color=colors[name])
+        means = [(sum(s for s, _ in pts) / len(pts), 100 * sum(a for _, a in pts) / len(pts)) for _, pts in cells]
+        label = f"all-MLP ({', '.join(ALL_MLP[b] for b, _ in cells)})" if name == "all-MLP" else name
+        ax.plot(*zip(*means), marker="o", lw=2.5 if name == "all-MLP" else 1.5, color=colors[name], label=label)
+    for budget in BUDGETS:
+        ax.axvline(budget, ls=":", lw=1, color="k", alpha=0.4)
+    ax.set(xscale="log", xlabel="training time, development-CPU seconds (log scale; dotted: the 60, 600, 1,800 s budgets)",
+           ylabel="test accuracy (%)", title="Accuracy at equal CPU time: each run, and the mean per budget")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    fig.savefig(png, dpi=110)
+
+
 def verdict_at(budget: int, mlp: str, ours: list[dict], baselines: dict[str, list[dict]]) -> str:
     """The all-MLP preset against the baseline of highest mean test accuracy at a budget, by records.outcome."""
     if not ours or not baselines:
@@ -697,6 +735,8 @@ def main(argv=None):
         print(f"updated {f}")
     if any("<!-- results:frontier -->" in t for t in pages.values()):
         plot_frontier(folder, folder / "frontier.png")
+    if any("<!-- results:baselines -->" in t for t in pages.values()):
+        plot_baselines(folder, folder / "baselines.png")
     for name in ("patch_study", "patch_study_gpu"):
         if any(f"<!-- results:{name} -->" in t for t in pages.values()) and (folder / f"{name}.json").exists():
             plot_patch_study(folder, name)
