@@ -106,6 +106,12 @@ def dev_ratio_of(record: dict) -> float | None:
     return cal["ratio"] if cal else dev_cpu_ratio(record["hardware"])
 
 
+
+def dev_seconds(record: dict) -> float | None:
+    """A record's training seconds in development-CPU seconds, at dev_ratio_of's ratio (None where it has none)."""
+    ratio = dev_ratio_of(record)
+    return None if ratio is None else ratio * record["train_seconds"]
+
 def mean_std(xs) -> tuple[float, float]:
     xs = list(xs)
     return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0

@@ -77,21 +77,16 @@ def load_trials(arch: str, budget: int, folder: Path | None = None) -> dict[str,
     return out
 
 
-def dev_seconds(t: dict) -> float | None:
-    ratio = records.dev_ratio_of(t)
-    return None if ratio is None else ratio * t["train_seconds"]
-
-
 def within(t: dict, budget: int) -> bool:
     """Whether a trial trained within its budget, give or take TOLERANCE (the probe's error)."""
-    spent = dev_seconds(t)
+    spent = records.dev_seconds(t)
     return spent is not None and spent <= budget * TOLERANCE
 
 
 def epoch_here(t: dict, cal: dict) -> float:
     """A trial's seconds per epoch in this CPU's seconds: through development-CPU seconds, since the trial may
     have run on another CPU (an AMX Xeon's LeNet epoch is not an AVX-512 EPYC's)."""
-    return records.dev_ratio_of(t) * t["train_seconds"] / t["epochs"] / cal["ratio"]
+    return records.dev_seconds(t) / t["epochs"] / cal["ratio"]
 
 
 def choice(trials: dict[str, dict], budget: int | None = None) -> str | None:

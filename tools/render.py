@@ -353,10 +353,18 @@ def cell(rs: list[dict]) -> str:
     if not rs:
         return "not run yet"
     (te, te_sd), (va, _) = (records.mean_std(r[k] for r in rs) for k in ("test_acc", "val_acc"))
-    secs = [records.dev_ratio_of(r) * r["train_seconds"] for r in rs]
+    secs = [records.dev_seconds(r) for r in rs]
     est = "" if all(r.get("calibration") or r["hardware"].endswith(DEV_CPU) for r in rs) else "≈ "
     return (f"**{100 * te:.2f}**{pm(te_sd, len(rs))} % (n={len(rs)}); val {100 * va:.2f} %; "
             f"{est}{min(secs):,.0f}–{max(secs):,.0f} s, {rs[0]['epochs']} ep.")
+
+
+def baseline_cells(runs: list[dict], presets: dict):
+    """Per budget: the runs of each baseline's preset for it (where that preset exists), the all-MLP preset made
+    for it and its runs, each cell's runs chosen by cell_runs."""
+    for budget in BUDGETS:
+        found = {b: cell_runs(f"{b}-{budget}", runs, presets) for b in BASELINES if f"{b}-{budget}" in presets}
+        yield budget, found, ALL_MLP[budget], cell_runs(ALL_MLP[budget], runs, presets)
 
 
 def render_baselines(folder: Path, presets: dict | None = None) -> str:
@@ -366,11 +374,8 @@ def render_baselines(folder: Path, presets: dict | None = None) -> str:
     lines = ["| budget | " + " | ".join(f"`{b}`" for b in BASELINES) + " | best all-MLP |",
              "| ---: | " + " | ".join("---" for _ in BASELINES) + " | --- |"]
     verdicts = []
-    for budget in BUDGETS:
-        found = {b: cell_runs(f"{b}-{budget}", runs, presets) for b in BASELINES if f"{b}-{budget}" in presets}
+    for budget, found, mlp, ours in baseline_cells(runs, presets):
         cells = [cell(found[b]) if b in found else "—" for b in BASELINES]
-        mlp = ALL_MLP[budget]
-        ours = cell_runs(mlp, runs, presets)
         cells.append(f"`{mlp}`: {cell(ours)}")
         lines.append(f"| {budget:,} s | " + " | ".join(cells) + " |")
         verdicts.append(verdict_at(budget, mlp, ours, {b: rs for b, rs in found.items() if rs}))
@@ -380,14 +385,11 @@ def render_baselines(folder: Path, presets: dict | None = None) -> str:
 def baseline_series(folder: Path, presets: dict | None = None) -> dict[str, list[tuple[int, list[tuple[float, float]]]]]:
     """What the baselines table's cells hold, per column: (budget, [(development-CPU seconds, test accuracy) per
     run]), the runs chosen as the table chooses them and each run's seconds at its own ratio."""
-    runs, presets = load_runs(folder), presets or current_presets()
     series = {}
-    for budget in BUDGETS:
-        for name, preset in [*((b, f"{b}-{budget}") for b in BASELINES), ("all-MLP", ALL_MLP[budget])]:
-            rs = cell_runs(preset, runs, presets) if preset in presets else []
+    for budget, found, _, ours in baseline_cells(load_runs(folder), presets or current_presets()):
+        for name, rs in [*found.items(), ("all-MLP", ours)]:
             if rs:
-                series.setdefault(name, []).append(
-                    (budget, [(records.dev_ratio_of(r) * r["train_seconds"], r["test_acc"]) for r in rs]))
+                series.setdefault(name, []).append((budget, [(records.dev_seconds(r), r["test_acc"]) for r in rs]))
     return series
 
 
@@ -449,7 +451,7 @@ def render_baseline_search(folder: Path) -> str:
                 lines.append(f"| `{arch}` | {budget:,} s | not searched yet | | | | | | |")
             for n, t in trials.items():
                 over = "" if baselines.within(t, budget) else " (over budget: not chosen)"
-                dev = baselines.dev_seconds(t)
+                dev = records.dev_seconds(t)
                 spent = f"{t['train_seconds']:.0f}" + (f" ({'' if t.get('calibration') else '≈ '}{dev:.0f})"
                                                          if dev is not None else "")
                 lines.append(f"| `{arch}` | {budget:,} s | {n} | {t['epochs']} | {spent}{over} | "
