@@ -20,8 +20,10 @@ import torch
 import torch.distributed as dist
 
 from mlp import checkpoint, data, hardware, records
+from mlp.distributed import CheckpointWriteError, PeerFailed
 from mlp.recipe import PRESETS, get_preset
-from mlp.runner import CheckpointWriteError, PeerFailed, RunConfig, check_selectable, resumable, run
+from mlp.resume import resumable
+from mlp.runner import RunConfig, check_selectable, run
 
 
 def parse_args(argv=None):

@@ -1,26 +1,26 @@
-"""One complete run (`run`: the notebook, train.py, the patch study and the benchmark all train through it) and
-its files: the lock, the resume checks, checkpoints after every epoch, metrics.json, model.pt and curves.png.
+"""One complete run (`run`: the notebook, train.py, the patch study and the benchmark all train through it):
+loaders, the network, `fit` with its live curves, checkpoints and TensorBoard events after every epoch, the
+test set once, and the run's files. Where it starts is mlp/resume.py's, its directory mlp/rundirs.py's, and
+training over several processes mlp/distributed.py's.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
-import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from mlp import checkpoint, data, hardware, plots, records
 from mlp.board import open_board
+from mlp.distributed import Checkpointer, setup_distributed
 from mlp.evaluate import Views, predict
-from mlp.loop import Trainer, best_record, device_rng_state, fit, seed_everything
-from mlp.nets import Config, build_net, config_from
-from mlp.recipe import PRESETS, Recipe, override
+from mlp.loop import Trainer, fit, seed_everything
+from mlp.nets import Config, build_net
+from mlp.recipe import Recipe
+from mlp.resume import KEPT_ON_RESUME, Start, continue_from, start
+from mlp.rundirs import interrupted, save_run
 from model import count_params
 
 
@@ -37,140 +37,11 @@ class Run:
     test_predictions: tuple = ()
 
 
-class PeerFailed(RuntimeError):
-    """Under torchrun: another rank (rank 0, which writes) failed; it reports why, this rank only exits."""
-
-
-class CheckpointWriteError(OSError):
-    """Rank 0 could not write a checkpoint (under torchrun the other ranks stop too: PeerFailed)."""
-
-
-class Checkpointer:
-    """After every epoch: DIR/last.pt, and DIR/best.pt when validation improved (rank 0 writes, all wait; if
-    rank 0 cannot write, every rank stops)."""
-
-    def __init__(self, run_dir: Path, meta: dict, writer: bool):
-        self.run_dir, self.meta, self.writer, self.saved = run_dir, meta, writer, 0
-
-    def __call__(self, trainer: Trainer):
-        ranks = None
-        if trainer.world > 1:  # every rank's own torch random state (dropout), so that a resume replays each
-            ranks = [None] * trainer.world
-            dist.all_gather_object(ranks, device_rng_state(trainer.device))
-        error = None
-        if self.writer:
-            state = dict(trainer.state_dict(), **self.meta)
-            if ranks:
-                state["rng"]["ranks"] = ranks
-            try:
-                if trainer.best_epoch == len(trainer.history):  # this epoch is the new best
-                    checkpoint.save(self.run_dir / "best.pt", state)
-                checkpoint.save(self.run_dir / "last.pt", state)
-                self.saved = len(trainer.history)
-            except OSError as e:
-                error = CheckpointWriteError(e.errno, f"cannot write a checkpoint into {self.run_dir} ({e.strerror}). "
-                                + self.where() + "; free space, then continue with --resume")
-        if trainer.world > 1:  # one collective for all: nobody races ahead of rank 0's checkpoint, or waits
-            failed = torch.tensor([float(error is not None)], device=trainer.device)  # forever when it failed
-            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
-            if failed.item() and error is None:
-                raise PeerFailed("rank 0 could not write a checkpoint")
-        if error is not None:
-            raise error
-
-    def where(self) -> str:
-        return (f"the checkpoint of epoch {self.saved} is intact in {self.run_dir}" if self.saved else
-                "no complete epoch was saved")
-
-
-def setup_distributed(device):
-    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on CUDA, gloo on CPU) and take this
-    process's GPU. Returns (rank, world_size, device); (0, 1, device) for a plain `python train.py`."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world, device
-
-
-RUN_FILES = ("run.json", "last.pt", "best.pt", "model.pt", "metrics.json", "curves.png")  # what a run writes
-KEPT_FILES = RUN_FILES[1:]  # what is worth keeping: run.json alone is a run that never finished an epoch
-
-
-def resume_state(out: Path, name: str = "last.pt") -> dict:
-    """The checkpoint to continue from, checked to belong to the run in `out`. A damaged file is one error
-    naming it and the next good state (best.pt, or a fresh start)."""
-    try:
-        state = checkpoint.load(out / name)
-        owner = json.loads((out / "run.json").read_text())["run_id"] if (out / "run.json").exists() else None
-        if owner is not None and state.get("run_id") != owner:
-            raise checkpoint.CheckpointError(
-                f"{out / name} belongs to another run (run id {state.get('run_id')}, preset {state.get('preset')}), "
-                f"not to the run in {out} (run id {owner})")
-        return state
-    except checkpoint.CheckpointError as e:
-        offer = "start afresh with another output directory"
-        if name != "best.pt" and (out / "best.pt").exists():
-            try:
-                best = checkpoint.load(out / "best.pt")
-                offer = (f"best.pt (epoch {best['epoch']}, validation {best['best_val_acc']:.4f}) is intact: continue "
-                         f"from it with `python train.py --resume {out} --from best.pt`, or {offer}")
-            except checkpoint.CheckpointError:
-                pass
-        raise checkpoint.CheckpointError(f"{e}. Next good state: {offer}.") from None
-
-
-def resumable(out: Path, name: str = "last.pt", **overrides) -> tuple[Config, Recipe, dict]:
-    """The model, recipe and settings (`KEPT_ON_RESUME`) of the run in `out`, read from its checkpoint, with
-    `overrides` of model or recipe fields on top (None: the run's own): what `train.py --resume` and the
-    notebook's `resume = True` continue with (`run` refuses what a resume may not change)."""
-    state = resume_state(out, name)
-    model, recipe = override(config_from(state["model"]), Recipe(**state["recipe"]), **overrides)
-    return model, recipe, {k: state.get(k) for k in KEPT_ON_RESUME}
-
-
-def new_run_dir(parent: Path, prefix: str) -> Path:
-    """A new directory parent/prefix-YYYYmmdd-HHMMSS, made now (-2, -3, ... where that second is taken)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    parent.mkdir(parents=True, exist_ok=True)
-    for i in range(1, 1000):
-        path = parent / (f"{prefix}-{stamp}" + (f"-{i}" if i > 1 else ""))
-        with contextlib.suppress(FileExistsError):
-            path.mkdir()
-            return path
-    raise FileExistsError(f"{parent}/{prefix}-{stamp}-*: a thousand run directories made in one second")
-
-
-def latest_run(parent: Path, prefix: str) -> Path:
-    """The newest run directory parent/prefix-* (by its date-time name) that holds a checkpoint to resume."""
-    runs = sorted((p for p in parent.glob(f"{prefix}-*") if (p / "last.pt").exists()),
-                  key=lambda p: [int(t) for t in p.name[len(prefix) + 1:].split("-") if t.isdigit()])
-    if not runs:
-        raise checkpoint.CheckpointError(f"no run to resume: no {parent}/{prefix}-*/last.pt. Train one first "
-                                         f"(resume = False), or name the run to continue in out_dir")
-    return runs[-1]
-
-
 def check_selectable(recipe: Recipe):
     """A run keeps the weights of its best validated epoch: it needs a validation split to choose on."""
     if recipe.val_size == 0:
         raise ValueError("val_size=0 leaves nothing to validate on, and a run keeps the weights of its best "
                          "validated epoch; give val_size of at least 1 (the presets hold out 5,000)")
-
-
-def refuse_a_used_directory(out: Path):
-    """A fresh run never writes beside another run's files (its best.pt would pass for this run's). A run that
-    stopped before its first checkpoint (bad data, settings, a diverged first epoch) left only run.json: a new
-    run may start there."""
-    found = [f for f in KEPT_FILES if (out / f).exists()]
-    if found:
-        raise ValueError(f"run directory {out} already holds a run ({', '.join(found)}). Continue that run with "
-                         f"`python train.py --resume {out}` (notebook: resume = True), or choose another output "
-                         f"directory (--out / out_dir); delete it yourself if it is no longer wanted")
 
 
 @dataclass
@@ -196,72 +67,6 @@ class RunConfig:
 
     def kept(self) -> dict:
         return {k: getattr(self, k) for k in KEPT_ON_RESUME}
-
-
-KEPT_ON_RESUME = ("preset", "seed", "train_limit", "eval_limit", "max_seconds", "test_curve")
-RESET_ON_RESUME = ("max_seconds",)  # a resume may give a new training-time budget (it counts the whole run)
-
-
-def resumed_settings(state: dict, model, recipe, given: dict, precision: str) -> tuple:
-    """What a resumed run trains with: its checkpoint's settings. A resume may only raise the number of epochs
-    (an extension, kept in the record); any other setting asked for that differs from the run's is refused,
-    named, instead of being ignored."""
-    saved = Recipe(**state["recipe"]).to_dict()  # (a field newer than the run: its default, what the run did)
-    wanted = recipe.to_dict() if recipe is not None else saved
-    differ = [f"{k}={wanted[k]!r} (the run has {saved[k]!r})" for k in saved if k != "epochs" and wanted[k] != saved[k]]
-    if model is not None:
-        differ += [f"{k}={v!r} (the run has {state['model'][k]!r})" for k, v in model.to_dict().items()
-                   if v != state["model"][k]]
-    differ += [f"{k}={v!r} (the run has {state.get(k)!r})" for k, v in given.items()
-               if k in KEPT_ON_RESUME and k not in RESET_ON_RESUME and v != state.get(k)]
-    if precision != "auto" and precision != state["precision"]:
-        differ.append(f"precision={precision!r} (the run has {state['precision']!r})")
-    if differ:
-        raise checkpoint.CheckpointError(
-            "a resumed run keeps its own settings; only its number of epochs may grow and its time budget change. "
-            "This resume asks for " + "; ".join(differ)
-            + ". Start a new run with another output directory to change them")
-    done = state["epoch"]
-    if wanted["epochs"] < saved["epochs"]:  # a shorter schedule would cut the cosine the run trained on
-        raise checkpoint.CheckpointError(f"epochs={wanted['epochs']}: the run was made for {saved['epochs']} epochs "
-                                         f"({done} done); a resume can keep or raise its number of epochs, not cut "
-                                         f"it. Start a new run for a shorter schedule")
-    extended = list(state.get("extended", []))
-    if wanted["epochs"] != saved["epochs"]:
-        extended.append(dict(at_epoch=done, epochs_from=saved["epochs"], epochs_to=wanted["epochs"]))
-    if "max_seconds" in given and given["max_seconds"] != state.get("max_seconds"):
-        extended.append(dict(at_epoch=done, max_seconds_from=state.get("max_seconds"),
-                             max_seconds_to=given["max_seconds"]))
-    return config_from(state["model"]), Recipe(**wanted), extended
-
-
-@dataclass
-class Start:
-    """Where a run starts: fresh, or from its checkpoint (`state`) with the settings it was made with."""
-    model: Config
-    recipe: Recipe
-    cfg: RunConfig
-    run_id: str
-    state: dict | None = None
-    extended: list = field(default_factory=list)
-
-
-def start(model, recipe, cfg: RunConfig, out: Path | None, writer: bool) -> Start:
-    """A resume takes its checkpoint's model, recipe, settings and precision (refusing others, `resumed_settings`);
-    a fresh run refuses a directory that holds another run's files, and records its run id."""
-    if cfg.resume:
-        state = resume_state(out, cfg.resume_from)
-        model, recipe, extended = resumed_settings(state, model, recipe, cfg.kept(), cfg.precision)
-        kept = {k: state.get(k) for k in KEPT_ON_RESUME}  # (runs older than a setting lack it: None)
-        kept["test_curve"] = bool(kept["test_curve"])
-        kept["max_seconds"] = cfg.max_seconds  # the budget this resume was given (train.py: the run's unless told)
-        cfg = dataclasses.replace(cfg, **kept, precision=state["precision"])  # it continues in its own precision
-        return Start(model, recipe, cfg, state["run_id"], state, extended)
-    run_id = uuid.uuid4().hex[:12]
-    if writer:
-        refuse_a_used_directory(out)
-        records.atomic_write(out / "run.json", json.dumps(dict(run_id=run_id, preset=cfg.preset, seed=cfg.seed)))
-    return Start(model, recipe, cfg, run_id)
 
 
 def build(model: Config, seed: int):
@@ -392,41 +197,3 @@ def introduction(begin: Start, net, images: int, world: int) -> str:
             line += (f"\nits training-time budget: {change['max_seconds_to']} s (was {change['max_seconds_from']}), "
                      f"counting the {sum(r['seconds'] for r in begin.state['history']):.0f} s trained so far")
     return line
-
-
-def continue_from(trainer: Trainer, state: dict, out: Path, animator):
-    """Load a checkpoint into the trainer, with best.pt's weights as the best so far, and redraw its curves."""
-    best = resume_state(out, "best.pt") if (out / "best.pt").exists() else None
-    trainer.load_state_dict(state, checkpoint.evaluated_weights(best) if best else None)
-    if animator:
-        plots.draw_history(animator, trainer.history)
-
-
-def interrupted(saver, out) -> str:
-    if saver is None:
-        return "nothing was saved (no output directory)"
-    return saver.where() + (f"; continue with `python train.py --resume {out}` (notebook: resume = True)"
-                            if saver.saved else "")
-
-
-def save_run(out_dir, net, model, recipe, history, test_acc, *, preset, seed, device, precision, train_limit=None,
-             animator=None, extra=None) -> dict:
-    """Write model.pt, curves.png and metrics.json (last, atomically) into out_dir; return the metrics."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    best = best_record(history)
-    metrics = dict(preset=preset, model=model.to_dict(), recipe=recipe.to_dict(), params=count_params(net),
-                   device=str(device), hardware=hardware.describe(device), precision=precision, seed=seed,
-                   train_limit=train_limit, epochs=len(history),
-                   preset_epochs=PRESETS[preset].recipe.epochs if preset in PRESETS else recipe.epochs,
-                   history=history, best_epoch=best["epoch"], val_acc=best["val_acc"], test_acc=test_acc,
-                   train_seconds=sum(r["seconds"] for r in history), torch=torch.__version__,
-                   git_commit=records.git_commit(), **(extra or {}))
-    checkpoint.save(out / "model.pt", {"model": model.to_dict(), "preset": preset, "state_dict": net.state_dict()})
-    if animator is None:
-        animator = plots.training_animator(len(history), model.views)
-        plots.draw_history(animator, history)
-    animator.save(out / "curves.png")
-    records.atomic_write(out / "metrics.json", json.dumps(metrics, indent=2))
-    return metrics

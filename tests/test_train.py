@@ -119,7 +119,7 @@ def test_plain_epochs_are_the_last_ones():
 def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     """Epoch 1 is checkpointed; a NaN weight then makes epoch 2's loss NaN: the run stops with the hint and
     last.pt still holds epoch 1, loadable and finite."""
-    from mlp.runner import Checkpointer
+    from mlp.distributed import Checkpointer
     torch.manual_seed(0)
     model, recipe = get_preset("default", epochs=3, batch_size=64)
     t = trainer(model, recipe, 1000, eval_limit=500)
