@@ -2,6 +2,7 @@
 # make test  set up, fetch the data, run the test suite
 # make lab   open Jupyter Lab on the project's venv
 # make bench the side-by-side training speed benchmark -> bench.json
+# make speed the speed table: every compared network timed in interleaved rounds -> results/speed/<cpu>.json
 # make study the patch-size study notebook (K = 2, 4, 7; equal epochs and equal time) -> results/patch_study.json, .png
 # make baselines ARCH=cnn AT=600      the baselines' search at AT development-CPU seconds, kept as trials
 # make seeds PRESET=best SEEDS="0 1 2" TAG=gpu   train.py runs kept in results/runs/ (FORCE=1 replaces records)
@@ -26,7 +27,7 @@ EPOCHS ?= 3
 GPU_OUT ?= gpu-results
 BUDGET ?= 600
 
-.PHONY: setup data browser run test lab bench study baselines seeds seed-curve gpu-results trial tensorboard clean clean-runs
+.PHONY: setup data browser run test lab bench speed study baselines seeds seed-curve gpu-results trial tensorboard clean clean-runs
 
 # The project, installed editable with its notebook and test extras (pyproject.toml). Re-installs only when
 # pyproject.toml or constraints.txt is newer than the last install. The constraints are the versions the suite
@@ -67,6 +68,13 @@ test: data browser
 # results/bench_cpu.json; BENCH_ARGS=--quick for a smoke run).
 bench: data
 	$(PY) -m tools.bench --out $(or $(BENCH_OUT),bench.json) $(BENCH_ARGS)
+
+# The speed table that every cost on the pages comes from (mlp/speed.py): each network the pages compare, timed
+# in interleaved rounds, at least 5 without load; SPEED_ARGS=--candidates adds the searches' networks
+# (~12 minutes of the development CPU), SPEED_ARGS="--only quick cnn-600" times a few.
+speed: data
+	$(PY) -m tools.speed $(SPEED_ARGS)
+	$(PY) -m tools.render
 
 # ARGS: papermill parameters, e.g. ARGS='-y "arms: [quick@10ep]" -y "seeds: [0]"'. Resumes from results/patch_study.json.
 study: data

@@ -9,60 +9,38 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
 
 import torch
 
-from mlp import data, hardware, records
+from mlp import cpu, data, hardware, results, speed
 from mlp.loop import Trainer, seed_everything
-from mlp.nets import build_net, config_from
-from mlp.recipe import Recipe, get_preset
+from mlp.nets import build_net
+from mlp.recipe import get_preset
 
 # The reference: an epoch of `quick` in fp32, whose seconds on the development CPU are its recorded runs'.
 REFERENCE = "quick"
 REFERENCE_RUNS = tuple(f"results/runs/quick-avx2-seed{s}.json" for s in range(3))
 
 
-class Probe:
-    """A stop signal for Trainer.fit_epoch, which reads it once after each step: requested `seconds` after the
-    first step. It times the epoch's start (the loader's shuffle and augmentation, and the first step) apart
-    from the steps after it."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.reads, self.made = seconds, [], time.perf_counter()
-
-    @property
-    def requested(self) -> bool:
-        self.reads.append(time.perf_counter())
-        return self.reads[-1] - self.reads[0] >= self.seconds
-
-
 def seconds_per_epoch(model, recipe, seconds: float = 6.0, device="cpu", precision="fp32") -> float:
-    """One epoch's training seconds here: its start, and the steps after it at the rate of `seconds` of them
-    on the real data (after a warm-up epoch start and a second of steps). Repeat probes agree within ~15 %
-    for LeNet's short steps, ~3 % for the CNN's."""
+    """One epoch's training seconds here, from its start and `seconds` of its steps on the real data, after a
+    warm-up (mlp/speed.epoch_seconds). Repeat probes agree within ~15 % for LeNet's short steps, ~3 % for the
+    CNN's: the speed table's rounds are the better measure where a network is in it."""
     seed_everything(0)
     dev = torch.device(device)
     trainer = Trainer(build_net(model), recipe, data.loaders(recipe, device=dev, eval_limit=recipe.batch_size), dev,
                       precision)
-    trainer.fit_epoch(1, Probe(1.0))  # warm-up: first calls allocate and pick kernels
-    probe = Probe(seconds)
-    trainer.fit_epoch(2, probe)
-    begin, steps = probe.reads[0] - probe.made, len(probe.reads) - 1  # (a small network may end its epoch)
-    return begin + (probe.reads[-1] - probe.reads[0]) / steps * (len(trainer.train_iter) - 1)
+    return speed.epoch_seconds(trainer, seconds)
 
 
-def reference_epoch(root=records.ROOT) -> float:
+def reference_epoch(root=results.ROOT) -> float:
     """The mean seconds of an epoch of `quick` (fp32, all the data) on the development CPU, over every epoch of
     its recorded runs; refused where a record is not of the preset as it is now (re-measure it then)."""
-    model, recipe = get_preset(REFERENCE)
-    now = dict(model=model.to_dict(), recipe=recipe.to_dict())
     seconds = []
     for name in REFERENCE_RUNS:
         r = json.loads((root / name).read_text())
-        ran = dict(model=config_from(r["model"]).to_dict(), recipe=Recipe(**r["recipe"]).to_dict())
-        if (ran != now or not r["hardware"].endswith(records.DEV_CPU) or r["precision"] != "fp32"
-                or r.get("train_limit") or r.get("capped")):
+        if r["preset"] != REFERENCE or not results.is_current(r) or not cpu.is_dev(r["hardware"]) \
+                or r["precision"] != "fp32":
             raise ValueError(f"{name} is not a whole fp32 run of today's {REFERENCE!r} on the development CPU: train "
                              f"its seeds there again (make seeds PRESET={REFERENCE} SEEDS=\"0 1 2\" TAG=avx2 "
                              f"ARGS='--precision fp32') before a budget can be converted")
@@ -78,7 +56,7 @@ def calibrate(device="cpu", log=print) -> dict:
     if dev.type != "cpu":
         raise ValueError(f"a budget of development-CPU seconds is a CPU's, not {where}'s: give epochs instead")
     there = reference_epoch()
-    if where.endswith(records.DEV_CPU):
+    if cpu.is_dev(where):
         here = None
         ratio = 1.0
     else:
@@ -96,3 +74,18 @@ def epochs_within(budget_here: float, per_epoch: float, most: int | None = None)
     """Whole epochs that fit `budget_here` seconds (0 where not even one does), at most `most`."""
     fit = math.floor(budget_here / per_epoch)
     return fit if most is None else min(most, fit)
+
+
+def fitting_epochs(model, recipe, budget: float, most: int | None = None, folder=results.HERE) -> int | None:
+    """The most whole epochs of a network whose cost (training and its validation passes, by the development
+    CPU's speed table: mlp/results.cost) fits `budget` development-CPU seconds; None where the table has not
+    timed the network (then probe it and convert through `calibrate`, a provisional cost)."""
+    dev = results.dev_table(results.speed_tables(folder))
+    fp = results.fingerprint(model.to_dict(), recipe.to_dict(), "fp32")
+    row = dev and results.by_fingerprint(dev).get(fp)
+    if not row:
+        return None
+    fit = 0
+    while (most is None or fit < most) and results.row_cost(row, recipe.to_dict(), fit + 1)[0] <= budget:
+        fit += 1
+    return fit

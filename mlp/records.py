@@ -1,18 +1,16 @@
-"""Run records without torch: atomic writes, the git commit, mean ± std, time to 90 %, the patch-study table.
-
-tools/render.py imports only this module of the library, so rendering the pages needs no torch.
-"""
+"""Run records without torch: atomic writes, the git commit, mean ± std, time to 90 %, the patch-study table."""
 from __future__ import annotations
 
 import errno
 import functools
-import math
 import os
 import signal
 import statistics
 import subprocess
 import time
 from pathlib import Path
+
+from mlp import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,23 +83,15 @@ def git_commit() -> str | None:
     return None
 
 
-DEV_CPU = "AVX2)"  # the development CPU's hardware string ends so: "AMD EPYC (2 cores, 2 threads, AVX2)"
-AVX512_RATIO = 3.2  # development-CPU seconds per AVX-512-CPU second (docs/frontier.md: two CPUs)
-
-
 def dev_cpu_ratio(hardware: str) -> float | None:
-    """Development-CPU seconds per second of the CPU that `hardware` (hardware.describe) names: 1 on the
-    development CPU, AVX512_RATIO on the AVX-512 one, None where none was measured (an ISA cap, AMX, a GPU)."""
-    if hardware.endswith(DEV_CPU):
-        return 1.0
-    if "AVX-512" in hardware and "=" not in hardware:
-        return AVX512_RATIO
-    return None
+    """Development-CPU seconds per second of the CPU that `hardware` (hardware.describe) names, without
+    measuring: 1 on the development CPU itself (mlp/cpu.py identifies it), None elsewhere."""
+    return 1.0 if cpu.is_dev(hardware) else None
 
 
 def dev_ratio_of(record: dict) -> float | None:
     """A record's development-CPU seconds per second: the ratio calibrated in its session where it carries one
-    (mlp/budget.calibrate), else its CPU's fixed one (dev_cpu_ratio)."""
+    (mlp/budget.calibrate), else 1 on the development CPU. Only a provisional cost uses it (mlp/results.cost)."""
     cal = record.get("calibration")
     return cal["ratio"] if cal else dev_cpu_ratio(record["hardware"])
 
@@ -112,21 +102,10 @@ def dev_seconds(record: dict) -> float | None:
     ratio = dev_ratio_of(record)
     return None if ratio is None else ratio * record["train_seconds"]
 
+
 def mean_std(xs) -> tuple[float, float]:
     xs = list(xs)
     return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
-def outcome(a: tuple[float, float, int], b: tuple[float, float, int], higher_is_better: bool = True) -> str | None:
-    """The comparison rule of every comparison on the pages: of two (mean, sd, n), "a" or "b" where one's mean
-    beats the other's by more than twice the standard error of the difference of the means (sqrt(sd_a^2/n_a +
-    sd_b^2/n_b)), "tie" where neither does; None (no verdict) where either has fewer than two seeds."""
-    (ma, sa, na), (mb, sb, nb) = a, b
-    if min(na, nb) < 2:
-        return None
-    diff = (ma - mb) * (1 if higher_is_better else -1)
-    se = math.sqrt(sa ** 2 / na + sb ** 2 / nb)
-    return "a" if diff > 2 * se else "b" if -diff > 2 * se else "tie"
 
 
 def time_to_accuracy(history, acc: float = 0.90) -> tuple[float, int] | tuple[None, None]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mlp import budget, hardware, records
+from mlp import budget, hardware, records, results
 from mlp.loop import best_record
 from mlp.recipe import PRESETS, Recipe, get_preset
 from mlp.runner import RunConfig, quiet, run
@@ -209,48 +209,73 @@ def arm_of(r: dict) -> str:
     return r["arm"] if "arm" in r else r["preset"]
 
 
-def compare(a: dict, b: dict, field: str, higher_is_better: bool) -> str | None:
-    """Two summary rows by `records.outcome` on `field`: "a", "b" or "tie"; None (no verdict) for a one-seed
-    or capped row."""
+def compare(a: dict, b: dict, field: str, higher_is_better: bool, samples: tuple | None = None) -> str | None:
+    """Two summary rows (K=4 first) by Welch's t-test (mlp/results.compare) on `field`: "a", "b" or "tie";
+    None (no verdict) for a one-seed or capped row. `samples`: the two rows' per-round values from the speed
+    table, which judge speed where the table timed both networks."""
     if a.get("capped") or b.get("capped"):
         return None
-    sd = {"test_acc": "test_std", "val_acc": "val_std", "sec_per_epoch": "sec_std"}[field]
-    n = "sec_runs" if field == "sec_per_epoch" else "runs"  # seconds: the runs on one CPU (summarize)
-    return records.outcome((a[field], a.get(sd, 0.0), a.get(n, a["runs"])), (b[field], b.get(sd, 0.0),
-                           b.get(n, b["runs"])), higher_is_better)
+    if samples is not None:
+        v = results.compare("a", samples[0], "b", samples[1], higher_is_better)
+    else:
+        sd = {"test_acc": "test_std", "val_acc": "val_std", "sec_per_epoch": "sec_std"}[field]
+        n = "sec_runs" if field == "sec_per_epoch" else "runs"  # seconds: the runs on one CPU (summarize)
+        v = results.compare_stats("a", (a[field], a.get(sd, 0.0), a.get(n, a["runs"])), "b",
+                                  (b[field], b.get(sd, 0.0), b.get(n, b["runs"])), higher_is_better)
+    return None if v.p is None else v.winner or "tie"
 
 
-RULE = ("A K is more accurate than another only where its mean test accuracy beats the other's by more than twice "
-        "the standard error of the difference of the means; faster likewise on seconds per epoch, over the runs on "
-        "one CPU (accuracy pools every CPU's seeds). Otherwise: no significant difference. One-seed and capped rows "
-        "get no verdict.")
+RULE = ("A K is more accurate than another only where Welch's two-sided t-test on test accuracy over seeds gives "
+        "p < 0.05; faster likewise, on seconds per epoch over the development CPU's speed-table rounds where it "
+        "timed both networks (`make speed`), else over the runs on one CPU (accuracy pools every CPU's seeds). "
+        "Otherwise: no significant difference. One-seed and capped rows get no verdict.")
 
 
-def verdict(summary) -> list[str]:
+def table_speeds(rows, dev: dict | None) -> dict[int, list[float]]:
+    """K -> seconds per epoch in each round of the development CPU's speed table, for the K the table timed
+    (the rows' networks, found by their speed fingerprint); {} without a table or for a GPU study's rows."""
+    if not dev:
+        return {}
+    out = {}
+    for r in rows:
+        fp = results.record_fingerprint(dict(r, precision="fp32")) if "model" in r else None
+        name = next((n for n, row in dev["networks"].items() if row["fingerprint"] == fp), None)
+        if name and str(r.get("device", "cpu")).startswith("cpu"):
+            out.setdefault(r["patch"], results.seconds_per_epoch(name, dev))
+    return {k: v for k, v in out.items() if v}
+
+
+def verdict(summary, speeds: dict[int, list[float]] | None = None) -> list[str]:
     """For each arm: K=4 against each other K on test accuracy and on seconds per epoch, by `compare`; the
     claim holds where K=4 is both more accurate and faster than every other K."""
-    out = []
+    out, speeds = [], speeds or {}
     for arm in dict.fromkeys(map(arm_of, summary)):
         rs = {r["patch"]: r for r in summary if arm_of(r) == arm}
         if 4 not in rs or len(rs) < 2:
             continue
         four, parts, holds = rs[4], [], True
         for k in (k for k in rs if k != 4):
-            acc, fast = compare(four, rs[k], "test_acc", True), compare(four, rs[k], "sec_per_epoch", False)
+            samples = (speeds[4], speeds[k]) if 4 in speeds and k in speeds else None
+            acc = compare(four, rs[k], "test_acc", True)
+            fast = compare(four, rs[k], "sec_per_epoch", False, samples)
             if acc is None or fast is None:
                 why = ("capped" if four.get("capped") or rs[k].get("capped") else "one seed" if acc is None else
                        "fewer than two runs of each K timed on one CPU")
                 parts.append(f"against K={k}: no verdict ({why})")
                 holds = None
                 continue
+            p = results.compare_stats("a", (four["test_acc"], four["test_std"], four["runs"]), "b",
+                                      (rs[k]["test_acc"], rs[k]["test_std"], rs[k]["runs"])).p
             words = {"a": "K=4 more accurate", "b": f"K={k} more accurate", "tie": "no significant difference"}
             speed = {"a": "K=4 faster", "b": f"K={k} faster", "tie": "no significant difference in speed"}
-            parts.append(f"against K={k}: {words[acc]} ({100 * (four['test_acc'] - rs[k]['test_acc']):+.2f} points),"
-                         f" {speed[fast]} ({four['sec_per_epoch']:.1f} vs {rs[k]['sec_per_epoch']:.1f} s/epoch)")
+            secs = (f"{statistics.median(samples[0]):.1f} vs {statistics.median(samples[1]):.1f} s/epoch in the "
+                    f"speed table" if samples else f"{four['sec_per_epoch']:.1f} vs {rs[k]['sec_per_epoch']:.1f} s/epoch")
+            parts.append(f"against K={k}: {words[acc]} ({100 * (four['test_acc'] - rs[k]['test_acc']):+.2f} points, "
+                         f"p = {p:.3f}), {speed[fast]} ({secs})")
             holds = holds and acc == "a" and fast == "a"
         claim = ("no verdict" if holds is None else "the claim holds" if holds else "the claim does not hold")
         timed = f"; seconds from {four.get('sec_runs', four['runs'])} of them on {four.get('sec_hardware', 'one CPU')}"
-        out.append(f"`{arm}` (n={four['runs']} seeds per K{timed}): {'; '.join(parts)}: {claim}.")
+        out.append(f"`{arm}` (n={four['runs']} seeds per K{timed if not speeds else ''}): {'; '.join(parts)}: {claim}.")
     return out
 
 

@@ -1,6 +1,7 @@
 import contextlib
 import importlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -113,3 +114,31 @@ def finished_run(tmp_path_factory, *args):
     r = train_here(*args, "--out", str(out))
     assert r.returncode == 0, r.stderr
     return out
+
+
+DEV_HARDWARE = "AMD EPYC (2 cores, 2 threads, AVX2)"  # the development CPU, as hardware.describe names it
+
+
+def write_speed_table(folder, rows: dict, cpu_id: dict | None = None, rounds: list[dict] | None = None):
+    """A speed table (mlp/speed.py's schema) in folder/speed/: name -> (preset, seconds per epoch, seconds per
+    validation with every view[, one view]), each timed alike in every round; the development CPU's unless
+    `cpu_id` names another."""
+    from mlp import cpu, results
+    from mlp.recipe import get_preset
+    cpu_id = cpu_id or dict(cpu.DEV_CPU, flags=["avx2"])
+    networks = {}
+    for name, (preset, train, val, *one) in rows.items():
+        model, recipe = get_preset(preset) if isinstance(preset, str) else preset
+        stat = lambda x: dict(median=x, min=x, max=x, n=5)  # noqa: E731
+        networks[name] = dict(fingerprint=results.fingerprint(model.to_dict(), recipe.to_dict(), "fp32"),
+                              model=model.to_dict(), recipe={}, precision="fp32", steps=430,
+                              views=model.views, train_epoch_s=stat(train), eval_s=stat(val),
+                              eval_one_s=stat(one[0] if one else val))
+    rounds = rounds or [dict(index=i, steal=0.0, others=0.0, under_load=False,
+                             networks={n: dict(train_epoch_s=r["train_epoch_s"]["median"]) for n, r in networks.items()})
+                        for i in range(5)]
+    table = dict(schema=1, cpu=cpu_id, key=cpu.key(cpu_id), torch="2.x", git_commit="abc1234", date="2026-12-07",
+                 rounds_used=[r["index"] for r in rounds], rounds=rounds, under_load=False, networks=networks)
+    (Path(folder) / "speed").mkdir(parents=True, exist_ok=True)
+    (Path(folder) / "speed" / f"{table['key']}.json").write_text(json.dumps(table))
+    return table

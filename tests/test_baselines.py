@@ -9,13 +9,14 @@ import torch
 from PIL import Image
 
 from baselines import BaselineConfig, BaselineNet
-from conftest import ROOT, train_here
+from conftest import DEV_HARDWARE, ROOT, train_here, write_speed_table
+from mlp import cpu, results
 from mlp.checkpoint import load_model
 from mlp.evaluate import Views, logits
 from mlp.recipe import PRESETS, get_preset
 from model import count_params
 from tools import baseline_search as programme
-from tools import render
+from tools import equal_cost, figures
 
 
 @pytest.mark.parametrize("arch,params", [("softmax", 784 * 10 + 10), ("d2l-mlp", 784 * 256 + 256 + 256 * 10 + 10),
@@ -93,35 +94,57 @@ def test_a_baseline_trains_by_train_py_and_predict_py_answers_with_its_views(pre
                                                                                 abs=1e-5)
 
 
-def test_the_search_chooses_on_validation_within_the_budget_and_never_reads_the_test_set():
-    avx512 = "AMD EPYC (2 cores, 2 threads, AVX-512+BF16)"
-    trials = {"a": dict(val_acc=0.90, test_acc=0.95, train_seconds=180.0, hardware=avx512),
-              "b": dict(val_acc=0.91, test_acc=0.80, train_seconds=180.0, hardware=avx512),
-              "c": dict(val_acc=0.95, test_acc=0.95, train_seconds=248.0, hardware=avx512)}  # 794 s of 600
-    assert programme.choice(trials, 600) == "b" and programme.choice({}, 600) is None
-    assert not programme.within(trials["c"], 600) and programme.within(dict(trials["c"], train_seconds=200.0), 600)
-    slow_day = dict(trials["b"], calibration=dict(ratio=1.9))  # its session measured 1.9x: 342 s of 600
-    assert programme.within(dict(slow_day, train_seconds=340.0), 600)
-    assert not programme.within(dict(slow_day, train_seconds=350.0), 600), "at 3.2x it would fit; at 1.9x it does not"
+def cnn_trial(epochs, val_acc, test_acc, **kw):
+    from test_results import as_recorded
+    return {**as_recorded("cnn", epochs=epochs, val_every=epochs), "epochs": epochs, "val_acc": val_acc,
+            "test_acc": test_acc, "precision": "fp32", "train_seconds": 1.0, "hardware": DEV_HARDWARE,
+            "history": [dict(epoch=e, seconds=1.0, eval_seconds=0.0) for e in range(1, epochs + 1)], **kw}
 
 
-def test_a_refit_converts_its_trials_epoch_through_development_cpu_seconds():
-    """A trial over its budget is refitted from its own seconds per epoch, which may come from another CPU."""
-    xeon = dict(train_seconds=1100.0, epochs=100, hardware="Intel(R) Xeon(R) Processor (2 cores, 2 threads, AMX)",
-                calibration=dict(ratio=2.0))  # 11 s an epoch there = 22 development-CPU seconds
-    assert programme.epoch_here(xeon, dict(ratio=2.0)) == pytest.approx(11.0)
-    assert programme.epoch_here(xeon, dict(ratio=4.0)) == pytest.approx(5.5), "a CPU twice as fast: half the time"
+def test_the_search_chooses_on_validation_by_cost_and_never_reads_the_test_set(tmp_path):
+    """A trial's cost is its epochs at the development CPU's seconds per epoch, plus its validation passes (one
+    view every epoch, every view at the last), whatever its wall clock said; no margin over the budget."""
+    tables = [write_speed_table(tmp_path, {"cnn": ("cnn", 80.0, 30.0, 4.0)})]
+    trials = {"a": cnn_trial(5, 0.90, 0.95), "b": cnn_trial(6, 0.91, 0.80),
+              "c": cnn_trial(7, 0.95, 0.95, train_seconds=10.0)}  # 7 x 84 + 30 = 618 s of 600: over
+    assert [results.cost(t, tables).seconds for t in trials.values()] == [450.0, 534.0, 618.0]
+    assert programme.choice(trials, 600, tables) == "b" and programme.choice({}, 600, tables) is None
+    assert not programme.within(trials["c"], 600, tables) and programme.within(trials["c"], 618, tables)
+
+
+def test_a_network_missing_from_the_development_cpus_table_is_costed_provisionally(tmp_path):
+    """Timed on another CPU only: its seconds there x the ratio its family (here the convolutions) measured
+    on both; timed nowhere: its own wall clock at its session's calibration. Either is marked provisional."""
+    from mlp import cpu
+    xeon = dict(model="Intel(R) Xeon(R) Processor", cores=2, isa="AMX", caps=[], flags=["avx2", "amx_bf16"])
+    dev = write_speed_table(tmp_path, {"lenet": ("lenet", 6.0, 1.0)})
+    other = write_speed_table(tmp_path, {"lenet": ("lenet", 3.0, 0.5), "cnn": ("cnn", 40.0, 0.0, 0.0)}, xeon)
+    c = results.cost(cnn_trial(5, 0.9, 0.9), [dev, other])
+    assert c.seconds == pytest.approx(400.0) and c.provisional.startswith("timed on Intel") and c.mark == "≈ "
+    assert not cpu.is_dev(other["cpu"]) and cpu.is_dev(dev["cpu"])
+    untimed = dict(cnn_trial(5, 0.9, 0.9, calibration=dict(ratio=2.0)), train_seconds=100.0)
+    c = results.cost(untimed, [dev])
+    assert c.seconds == pytest.approx(200.0) and "wall clock" in c.provisional
+
+
+def test_the_epochs_that_fit_a_budget_come_from_the_table(tmp_path):
+    from mlp import budget
+    write_speed_table(tmp_path, {"cnn": ("cnn", 80.0, 30.0, 4.0)})
+    model, recipe = get_preset("cnn", val_every=100)
+    assert budget.fitting_epochs(model, recipe, 600, folder=tmp_path) == 6  # 6 x 84 + 30 = 534; 7: 618
+    assert budget.fitting_epochs(model, recipe, 600, most=3, folder=tmp_path) == 3
+    assert budget.fitting_epochs(*get_preset("lenet"), 600, folder=tmp_path) is None, "not timed: probe it"
 
 
 def test_a_budget_is_converted_at_the_ratio_measured_now():
     """The reference epoch (quick, fp32) timed here against its recorded seconds on the development CPU."""
-    from mlp import budget, hardware, records
+    from mlp import budget, cpu, hardware, records
     there = budget.reference_epoch()
     epochs = [e["seconds"] for f in budget.REFERENCE_RUNS for e in json.loads((ROOT / f).read_text())["history"]]
     assert there == pytest.approx(sum(epochs) / len(epochs)) and len(epochs) == 30
     cal = budget.calibrate(log=lambda *_: None)
     assert cal["hardware"] == hardware.describe(torch.device("cpu")) and cal["epoch_dev_cpu"] == there
-    if cal["hardware"].endswith(records.DEV_CPU):
+    if cpu.is_dev(cal["hardware"]):
         assert cal["ratio"] == 1.0 and cal["epoch_here"] is None
     else:
         assert cal["epoch_here"] > 0 and cal["ratio"] == pytest.approx(there / cal["epoch_here"])
@@ -147,47 +170,62 @@ def test_every_budget_preset_is_its_chosen_trial():
             if preset in PRESETS:
                 best = programme.choice(trials, budget)
                 assert best is not None, f"{preset} exists without its search's trials"
-                assert render.as_now(trials[best]) == render.current_presets()[preset], preset
+                assert results.as_now(trials[best]) == results.current_presets()[preset], preset
 
 
-def test_the_baselines_table_is_per_budget_mean_and_std_over_seeds(tmp_path):
+def put_runs(folder, preset, accs, hardware=DEV_HARDWARE, name=None, **kw):
     from test_results import run_json
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    avx512 = "AMD EPYC (2 cores, 2 threads, AVX-512+BF16)"
-    for s, acc in enumerate((0.90, 0.91, 0.92)):
-        (runs / f"cnn-{s}.json").write_text(json.dumps(dict(run_json("cnn", s, acc, hardware=avx512),
-                                                            preset="cnn-600")))
-    presets = dict(render.current_presets(), **{"cnn-600": render.current_presets()["cnn"]})
-    row = next(line for line in render.render_baselines(tmp_path, presets).splitlines() if line.startswith("| 600 s |"))
-    assert "**91.00** ± 1.00 % (n=3); val 90.00 %; ≈ 384–384 s, 2 ep." in row, "AVX-512 seconds x 3.2"
-    assert row.endswith("| `quick`: not run yet |")
-    for s, ratio in enumerate((2.0, 2.5, 3.0)):  # calibrated in their sessions: each at its own ratio, no "≈"
-        r = json.loads((runs / f"cnn-{s}.json").read_text())
-        (runs / f"cnn-{s}.json").write_text(json.dumps(dict(r, calibration=dict(ratio=ratio))))
-    row = next(line for line in render.render_baselines(tmp_path, presets).splitlines() if line.startswith("| 600 s |"))
-    assert "val 90.00 %; 240–360 s, 2 ep." in row
-    for s in (1, 2):
-        (runs / f"cnn-{s}.json").unlink()
-    row = next(line for line in render.render_baselines(tmp_path, presets).splitlines() if line.startswith("| 600 s |"))
-    assert "**90.00** % (n=1)" in row and "±" not in row, "one seed has no spread to print"
+    (folder / "runs").mkdir(exist_ok=True)
+    base = name or preset.split("-")[0]
+    for s, acc in enumerate(accs):
+        r = dict(run_json(base, s, acc, hardware=hardware, **kw), preset=preset)
+        (folder / "runs" / f"{preset}-{s}.json").write_text(json.dumps(r))
 
 
-def test_the_equal_time_plot_draws_the_tables_runs_at_their_own_ratios(tmp_path):
-    from test_results import run_json
-    runs = tmp_path / "runs"
-    runs.mkdir()
+def cnn_presets(**budgets):
+    """The presets now, with cnn-SECONDS as `cnn` at the given epochs."""
+    now = results.current_presets()
+    return dict(now, **{f"cnn-{b}": dict(model=now["cnn"]["model"], recipe=dict(now["cnn"]["recipe"], epochs=e))
+                        for b, e in budgets.items()})
+
+
+def test_the_baselines_table_takes_per_budget_the_best_on_validation_that_fits(tmp_path):
+    """A cell is its family's preset best on validation among those whose cost fits; its runs pool CPUs (one
+    per seed) and its cost comes from the development CPU's table, measured ÷ predicted beside it."""
+    from test_results import as_recorded
+    presets = cnn_presets(**{"600": 2, "1800": 2})
+    write_speed_table(tmp_path, {"cnn": ("cnn", 250.0, 10.0, 1.0)})  # 2 epochs: 500 + 10 + 2 x 1 = 512 s
     xeon = "Intel(R) Xeon(R) Processor (2 cores, 2 threads, AMX)"
-    for s, (acc, ratio) in enumerate(((0.90, 2.0), (0.91, 2.5), (0.92, 3.0))):
-        r = dict(run_json("cnn", s, acc, hardware=xeon), preset="cnn-600", calibration=dict(ratio=ratio))
-        (runs / f"cnn-{s}.json").write_text(json.dumps(r))
-    other_cpu = dict(run_json("cnn", 3, 0.50, hardware="AMD EPYC (2 cores, 2 threads, AVX-512+BF16)"), preset="cnn-600")
-    (runs / "cnn-elsewhere.json").write_text(json.dumps(other_cpu))  # one seed on another CPU: not the cell's
-    presets = dict(render.current_presets(), **{"cnn-600": render.current_presets()["cnn"]})
-    series = render.baseline_series(tmp_path, presets)
+    put_runs(tmp_path, "cnn-600", (0.90, 0.91, 0.92), hardware=xeon, **as_recorded("cnn", epochs=2))
+    rows = {line.split(" | ")[0]: line for line in equal_cost.render_baselines(tmp_path, presets).splitlines()}
+    assert "`cnn-600`: **91.00** ± 1.00 % (n=3); val 90.00 %; 512 s, 2 ep." in rows["| 600 s"]
+    assert rows["| 600 s"].endswith("| — |") and "| 60 s | — | — | — | none fits; over budget: `cnn-600` (512 s)" \
+        in rows["| 60 s"]
+    assert "`cnn-600`: **91.00**" in rows["| 1,800 s"], "a cheaper preset that fits is a candidate too"
+    for s in (1, 2):
+        (tmp_path / "runs" / f"cnn-600-{s}.json").unlink()
+    row = next(line for line in equal_cost.render_baselines(tmp_path, presets).splitlines() if line.startswith("| 600 s |"))
+    assert "**90.00** % (n=1)" in row and "±" not in row, "one seed has no spread to print"
+    write_speed_table(tmp_path, {"cnn": ("cnn", 100.0, 10.0, 1.0)}, dict(cpu.identity(cpu_info(xeon)), cores=2))
+    row = next(line for line in equal_cost.render_baselines(tmp_path, presets).splitlines() if line.startswith("| 600 s |"))
+    assert "measured ÷ predicted 0.60–0.60" in row, "120 s on the Xeon, which its own table puts at 200"
+
+
+def cpu_info(hardware: str) -> str:
+    name = hardware.split(" (")[0]
+    return f"model name\t: {name}\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16\n"
+
+
+def test_the_equal_cost_plot_draws_the_tables_runs_at_their_cost(tmp_path):
+    from test_results import as_recorded
+    presets = cnn_presets(**{"600": 2})
+    write_speed_table(tmp_path, {"cnn": ("cnn", 250.0, 10.0, 1.0)})
+    put_runs(tmp_path, "cnn-600", (0.90, 0.91, 0.92), **as_recorded("cnn", epochs=2))
+    series = figures.baseline_series(tmp_path, presets)
     assert list(series) == ["cnn"], "a column without runs draws nothing"
-    assert series["cnn"] == [(600, [(240.0, 0.90), (300.0, 0.91), (360.0, 0.92)])]
-    render.plot_baselines(tmp_path, tmp_path / "baselines.png", presets)
+    assert series["cnn"] == [(600, [(512.0, 0.90), (512.0, 0.91), (512.0, 0.92)]),
+                             (1800, [(512.0, 0.90), (512.0, 0.91), (512.0, 0.92)])]
+    figures.plot_baselines(tmp_path, tmp_path / "baselines.png", presets)
     assert (tmp_path / "baselines.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -202,20 +240,32 @@ def test_a_baseline_run_resumes_from_its_checkpoint_and_extends(tmp_path):
     assert m["epochs"] == 2 and m["model"]["arch"] == "lenet" and m["extended"][0]["epochs_to"] == 2
 
 
-def test_the_baselines_table_judges_the_all_mlp_against_the_best_baseline_by_the_2se_rule(tmp_path):
-    from test_results import run_json
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    avx512, dev = "AMD EPYC (2 cores, 2 threads, AVX-512+BF16)", "AMD EPYC (2 cores, 2 threads, AVX2)"
-    presets = dict(render.current_presets(), **{"cnn-600": render.current_presets()["cnn"]})
-    for s, acc in enumerate((0.910, 0.915, 0.920)):  # 91.5 ± 0.5
-        (runs / f"cnn-{s}.json").write_text(json.dumps(dict(run_json("cnn", s, acc, hardware=avx512),
-                                                            preset="cnn-600")))
-    for s, acc in enumerate((0.916, 0.917, 0.918)):  # 91.7 ± 0.1: +0.2 points, SE of the difference 0.29
-        (runs / f"quick-{s}.json").write_text(json.dumps(run_json("quick", s, acc, hardware=dev)))
-    verdict = render.render_baselines(tmp_path, presets).splitlines()[-1]
-    assert verdict == ("At 600 s, `quick` against the most accurate baseline, `cnn`: +0.20 points of test accuracy: "
-                       "no significant difference (within twice its standard error).")
-    for s, acc in enumerate((0.926, 0.927, 0.928)):  # 92.7: +1.2 points
-        (runs / f"quick-{s}.json").write_text(json.dumps(run_json("quick", s, acc, hardware=dev)))
-    assert "`quick` is more accurate (the difference exceeds" in render.render_baselines(tmp_path, presets)
+def test_the_verdict_is_welchs_t_test_with_n_and_p():
+    v = results.compare("quick", [0.916, 0.917, 0.918], "cnn", [0.910, 0.915, 0.920])  # +0.2 points
+    assert v.winner is None and v.p == pytest.approx(0.562, abs=1e-3)
+    assert v.words() == "+0.20 points, n = 3 and 3, Welch p = 0.562: no significant difference"
+    v = results.compare("quick", [0.926, 0.927, 0.928], "cnn", [0.910, 0.915, 0.920])
+    assert v.winner == "quick" and v.p < 0.05
+    # sprint against d2l-mlp at 60 s as recorded on 2026-12-05: 2 SE apart, yet p = 0.14 (not a 5 % test)
+    v = results.compare_stats("sprint", (0.8935, 0.0009, 3), "d2l-mlp", (0.8966, 0.0023, 3))
+    assert v.winner is None and 0.10 < v.p < 0.20
+    assert results.compare("a", [0.9], "b", [0.8, 0.85]).words().endswith("no test (fewer than two seeds a side)")
+    faster = results.compare("k4", [25.0, 25.2, 24.9, 25.1, 25.0], "k2", [90.0, 91.0, 89.5, 90.2, 90.4], False)
+    assert faster.winner == "k4", "seconds: lower is better"
+
+
+def test_the_baselines_table_judges_the_all_mlp_against_the_baseline_validation_chooses(tmp_path):
+    from test_results import as_recorded
+    presets = cnn_presets(**{"600": 2})
+    write_speed_table(tmp_path, {"cnn": ("cnn", 250.0, 10.0, 1.0), "quick": ("quick", 50.0, 15.0, 1.5)})
+    put_runs(tmp_path, "cnn-600", (0.910, 0.915, 0.920), **as_recorded("cnn", epochs=2))  # 91.5 ± 0.5
+    put_runs(tmp_path, "quick", (0.916, 0.917, 0.918))  # 91.7 ± 0.1: +0.2 points; quick's 10 epochs: 530 s
+    verdict = next(line for line in equal_cost.render_baselines(tmp_path, presets).splitlines()
+                   if line.startswith("At 600 s"))
+    assert verdict == ("At 600 s, `quick` against the baseline validation chooses, `cnn-600`: test accuracy +0.20 "
+                       "points, n = 3 and 3, Welch p = 0.562: no significant difference.")
+    put_runs(tmp_path, "quick", (0.926, 0.927, 0.928))
+    assert "Welch p = 0.048: `quick` is ahead" in equal_cost.render_baselines(tmp_path, presets)
+    summary = equal_cost.render_summary(tmp_path, presets)
+    assert "| 600 s | `quick` 92.70 ± 0.10 % (n=3) | `cnn-600` 91.50 ± 0.50 % (n=3) | +1.20 points, p = 0.048 | " \
+           "`quick` more accurate |" in summary

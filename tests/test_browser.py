@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -82,15 +83,23 @@ def training_cell_state(page):
     }""")
 
 
-def test_notebook_in_jupyterlab_shows_live_curves_widgets_and_the_venv_kernel(lab, tmp_path):
+@pytest.fixture
+def run_dir(tmp_path):
+    """The run's directory: under JupyterLab's root (the checkout) so that the notebook opens by URL, and moved
+    into tmp_path when the test ends, so that the user's runs/ (and their TensorBoard) never lists it."""
+    (ROOT / "runs").mkdir(exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix="browser-test-", dir=ROOT / "runs"))
+    yield d
+    shutil.move(str(d), str(tmp_path / "browser-run"))
+
+
+def test_notebook_in_jupyterlab_shows_live_curves_widgets_and_the_venv_kernel(lab, run_dir):
     need(Path(CHROMIUM).exists(), "no chromium: on Debian/Ubuntu `apt-get install chromium` (make test does it as root)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         need(False, "no playwright: `.venv/bin/pip install -r requirements.txt`")
     url, token = lab
-    run_dir = ROOT / "runs" / f"browser-test-{os.getpid()}"
-    run_dir.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(ROOT / "notebooks" / "fashion_mnist_mlp.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params.source += "\n" + "\n".join(f"{k} = {v!r}" for k, v in dict(PARAMS, out_dir=str(run_dir)).items())

@@ -1,8 +1,10 @@
 """tools/gpu_results.py --dry-run: the whole GPU programme on the CPU with tiny sizes. Every output file is written,
 carries its provenance, and renders with tools/render.py; nothing here needs a GPU."""
 import json
+import re
 
-from tools import render
+from mlp.results import load_runs
+from tools import equal_cost, tables
 
 
 def test_dry_run_writes_every_result_file_and_they_render(gpu_dry_run, tmp_path):
@@ -25,11 +27,13 @@ def test_dry_run_writes_every_result_file_and_they_render(gpu_dry_run, tmp_path)
     study = json.loads((out / "patch_study_gpu.json").read_text())
     assert study["complete"] and len(study["rows"]) == 4 and (out / "patch_study_gpu.png").stat().st_size > 10_000
     bench = json.loads((out / "bench_gpu.json").read_text())
-    assert bench["device"] == "cpu" and bench["quick"] and bench["git_commit"]
+    assert bench["device"] == "cpu" and bench["quick"] is True, "the dry run's bench is the quick one"
+    assert re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", bench["git_commit"]), bench["git_commit"]
     assert not (out / "work").exists(), "checkpoints are not results"
     # everything renders as it would in README once copied into results/
-    assert len(render.load_runs(out)) == 3 and render.render_presets(out)  # (subset runs: not table rows)
-    assert "| 1 |" in render.render_seed_curve(out)
-    assert "python -m tools.gpu_results (patch study)" in render.render_patch_study(out, "patch_study_gpu.json")
-    assert "Not run yet" in render.render_patch_study(tmp_path, "patch_study_gpu.json")
-    assert "img/s" in render.render_bench_gpu(out) and "Not measured yet" in render.render_bench_gpu(tmp_path)
+    assert len(load_runs(out)) == 3
+    assert len(tables.render_presets(out).splitlines()) == 2, "subset runs are no table rows: the header alone"
+    assert "| 1 |" in tables.render_seed_curve(out)
+    assert "python -m tools.gpu_results (patch study)" in equal_cost.render_patch_study(out, "patch_study_gpu.json")
+    assert "Not run yet" in equal_cost.render_patch_study(tmp_path, "patch_study_gpu.json")
+    assert "img/s" in tables.render_bench_gpu(out) and "Not measured yet" in tables.render_bench_gpu(tmp_path)

@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT, train_here
+from conftest import DEV_HARDWARE, ROOT, train_here, write_speed_table
 from mlp.recipe import PRESETS
-from tools import render
+from mlp.results import ResultsError
+from tools import equal_cost, figures, render, tables
 
 MAKE_RUN = dict(test_acc=0.8912, val_acc=0.8976, best_epoch=6, epochs=6, train_seconds=351.2,
                 notebook_wall_seconds=380, hardware="AMD EPYC (2 cores, 2 threads)", precision="fp32",
@@ -30,7 +31,7 @@ def test_renders_the_table_from_json(tmp_path):
                                              (json.dumps({"test_acc": 0.9}), "lacks")])
 def test_malformed_json_fails_with_the_file_named(tmp_path, content, message):
     (tmp_path / "make_run_cpu.json").write_text(content)
-    with pytest.raises(render.ResultsError, match=message) as e:
+    with pytest.raises(ResultsError, match=message) as e:
         render.render(README, tmp_path)
     assert "make_run_cpu.json" in str(e.value)
 
@@ -74,40 +75,40 @@ def test_presets_table_is_mean_and_std_over_seeds_and_skips_subset_and_curve_run
     (runs / "smoke.json").write_text(json.dumps(run_json("quick", 9, 0.5, train_limit=1000)))
     (runs / "eval-smoke.json").write_text(json.dumps(run_json("quick", 8, 0.99, eval_limit=500)))
     (runs / "curve.json").write_text(json.dumps(run_json("seed", 0, 0.86, curve=True)))
-    table = render.render_presets(tmp_path)
+    table = tables.render_presets(tmp_path)
     assert table.count("| `quick` |") == 1 and "`seed`" not in table
     assert "| 0, 1, 2 | **92.00** ± 1.00 % |" in table
     # the same preset name with another network (a preset redefined later) is not the preset now: left out,
     # and a row of its own among every recorded version
     older = run_json("quick", 0, 0.80, model=dict(patch=4, dim=64, blocks=[{}] * 4), recipe={})
     (runs / "quick-v1.json").write_text(json.dumps(older))
-    assert render.render_presets(tmp_path) == table
-    table = render.render_presets(tmp_path, superseded=True)
+    assert tables.render_presets(tmp_path) == table
+    table = tables.render_presets(tmp_path, superseded=True)
     assert table.count("| `quick` |") == 2 and "| `quick` | K=4, width 64, 4 blocks | 2 | 0 | **80.00** % |" in table
     # ... and so is the same network evaluated on a moving average of its weights (recipe.ema)
     averaged = run_json("quick", 0, 0.85, model=dict(patch=4, dim=64, blocks=[{}] * 4), recipe=dict(ema=0.998))
     (runs / "quick-ema.json").write_text(json.dumps(averaged))
-    table = render.render_presets(tmp_path, superseded=True)
+    table = tables.render_presets(tmp_path, superseded=True)
     assert table.count("| `quick` |") == 3 and "| `quick` | K=4, width 64, 4 blocks, EMA 0.998 | 2 | 0 | **85.00** % |" in table
     # ... and the same network trained by another optimiser (recipe.optimizer)
     muon = run_json("quick", 0, 0.86, model=dict(patch=4, dim=64, blocks=[{}] * 4), recipe=dict(ema=0.998, optimizer="muon"))
     (runs / "quick-muon.json").write_text(json.dumps(muon))
-    table = render.render_presets(tmp_path, superseded=True)
+    table = tables.render_presets(tmp_path, superseded=True)
     assert table.count("| `quick` |") == 4 and "| `quick` | K=4, width 64, 4 blocks, Muon, EMA 0.998 | 2 | 0 | **86.00** % |" in table
     # ... and the same network evaluated with shifted views averaged (model.shift_tta)
     shifts = run_json("quick", 0, 0.87, model=dict(patch=4, dim=64, blocks=[{}] * 4, shift_tta=1),
                       recipe=dict(ema=0.998, optimizer="muon"))
     (runs / "quick-tta.json").write_text(json.dumps(shifts))
-    table = render.render_presets(tmp_path, superseded=True)
+    table = tables.render_presets(tmp_path, superseded=True)
     assert table.count("| `quick` |") == 5 and ("| `quick` | K=4, width 64, 4 blocks, ±1 px shift averaging, Muon, "
                                                 "EMA 0.998 | 2 | 0 | **87.00** % |") in table
     # ... and a network whose token MLPs are narrower (their hidden width)
     narrow = run_json("quick", 0, 0.88, model=dict(patch=4, dim=64, blocks=[dict(tokens=[49, 16, 49], features=[64, 256, 64])] * 4),
                       recipe={})
     (runs / "quick-narrow.json").write_text(json.dumps(narrow))
-    table = render.render_presets(tmp_path, superseded=True)
+    table = tables.render_presets(tmp_path, superseded=True)
     assert table.count("| `quick` |") == 6 and "| `quick` | K=4, width 64, 4 blocks, token MLPs 16 wide | 2 | 0 | **88.00** % |" in table
-    curve = render.render_seed_curve(tmp_path)
+    curve = tables.render_seed_curve(tmp_path)
     assert "| 1 | 1.0000 | 86.00 % | 85.00 % | 60 |" in curve and "| 2 |" in curve
 
 
@@ -117,6 +118,7 @@ def test_a_run_that_is_not_the_preset_now_is_left_out_of_every_preset_table(tmp_
     dev = "AMD EPYC (2 cores, 2 threads, AVX2)"
     runs = tmp_path / "runs"
     runs.mkdir()
+    write_speed_table(tmp_path, {"quick": ("quick", 50.0, 15.0, 1.5)})
     for s in (0, 1, 2):
         (runs / f"quick-avx2-seed{s}.json").write_text(json.dumps(run_json("quick", s, 0.92, hardware=dev)))
     odd = {"quick-avx2-seed3": dict(as_recorded("quick", val_every=5)),
@@ -125,48 +127,47 @@ def test_a_run_that_is_not_the_preset_now_is_left_out_of_every_preset_table(tmp_
            "quick-avx2-seed7": dict(model=dict(as_recorded("quick")["model"], dim=80))}
     for name, kw in odd.items():
         (runs / f"{name}.json").write_text(json.dumps(run_json("quick", 3, 0.50, hardware=dev, **kw)))
-    table = render.render_presets(tmp_path)
+    table = tables.render_presets(tmp_path)
     assert "| 0, 1, 2 | **92.00** ± 0.00 % |" in table and "50.00" not in table and "seed3" not in table
-    assert "quick-avx2-seed0, quick-avx2-seed1, quick-avx2-seed2 |" in render.render_targets(tmp_path)
-    assert "50.00" not in render.render_targets(tmp_path) and "**92.00** ± 0.00 % (n=3)" in render.render_baselines(tmp_path)
-    every = render.render_presets(tmp_path, superseded=True)
+    assert "quick-avx2-seed0, quick-avx2-seed1, quick-avx2-seed2 |" in equal_cost.render_targets(tmp_path)
+    assert "50.00" not in equal_cost.render_targets(tmp_path) and "`quick`: **92.00** ± 0.00 % (n=3)" in equal_cost.render_baselines(tmp_path)
+    every = tables.render_presets(tmp_path, superseded=True)
     assert every.count("| **50.00** % |") == 5 and every.count("| no |") == 5, "each version its own row"
     assert "| quick-avx2-seed0, quick-avx2-seed1, quick-avx2-seed2 | yes |" in every
 
 
-def test_targets_table_measures_on_the_development_cpu_and_needs_three_seeds(tmp_path):
-    """Each target met or not from the runs' JSON: development-CPU runs as measured, the AVX-512 CPU's at x3.2
-    while the development CPU has fewer than three seeds; long's evaluation share counts where it was timed."""
-    dev, avx512 = "AMD EPYC (2 cores, 2 threads, AVX2)", "AMD EPYC (2 cores, 2 threads, AVX-512+BF16)"
+def test_targets_table_costs_runs_by_the_speed_table_and_needs_three_seeds(tmp_path):
+    """Each target met or not from the runs' JSON at their cost by the development CPU's speed table, whatever
+    CPU they trained on (one run per seed); long's evaluation share counts its validation and one test pass."""
+    dev, avx512 = DEV_HARDWARE, "AMD EPYC (2 cores, 2 threads, AVX-512+BF16)"
+    write_speed_table(tmp_path, {"sprint": ("sprint", 25.0, 2.0, 1.0), "quick": ("quick", 55.0, 15.0, 1.5),
+                                 "long": ("long", 60.0, 16.0, 1.6)})
     runs = tmp_path / "runs"
     runs.mkdir()
 
-    def put(name, preset, seed, test_acc, hardware, seconds=60.0, **kw):
-        (runs / f"{name}.json").write_text(json.dumps(dict(run_json(preset, seed, test_acc), hardware=hardware,
-                                                           train_seconds=2 * seconds, **kw)))
-    for s in (0, 1, 2):  # 90 % validation after epoch 2 (0.87 + 0.03), at 2 x 25 s of training + 2 x 2 s of validation
-        put(f"sprint-{s}", "sprint", s, 0.89, dev, history=[dict(epoch=e, val_acc=0.85 + 0.025 * e, seconds=25.0,
-                                                                 eval_seconds=2.0) for e in (1, 2)])
-    put("quick-dev-0", "quick", 0, 0.925, dev, seconds=250.0)
+    def put(name, preset, seed, test_acc, hardware, **kw):
+        (runs / f"{name}.json").write_text(json.dumps(dict(run_json(preset, seed, test_acc), hardware=hardware, **kw)))
+    for s in (0, 1, 2):  # 90 % validation after epoch 2: 2 x 25 s of training, 2 x (2 + 1) s of validation
+        put(f"sprint-{s}", "sprint", s, 0.89, dev, history=[dict(epoch=e, val_acc=0.85 + 0.025 * e, seconds=99.0,
+                                                                 eval_seconds=9.0) for e in (1, 2, 3)], epochs=3)
+    put("quick-dev-0", "quick", 0, 0.925, dev, epochs=10)
+    table = equal_cost.render_targets(tmp_path).splitlines()[2:]
+    rows = {line.split(" | ")[0]: line for line in table}
+    assert "90 % validation by 56 s in the slowest seed" in rows["| `sprint`"] and rows["| `sprint`"].endswith("| **yes** |")
+    assert rows["| `quick`"].endswith("| no |"), "one seed meets nothing"
     for s in (0, 1, 2):
-        put(f"quick-{s}", "quick", s, 0.921, avx512, seconds=90.0)  # 180 s x 3.2 = 576 s
-        put(f"long-{s}", "long", s, 0.941, dev, seconds=800.0, test_seconds=30.0)
-    table = render.render_targets(tmp_path).splitlines()[2:]
-    cells = [line.split(" | ") for line in table]
-    rows = {f"{c[0]} {c[3]}": line for c, line in zip(cells, table)}  # "| `preset` seeds"
-    assert "90 % validation by 54 s in the slowest seed" in rows["| `sprint` 3"]
-    assert rows["| `sprint` 3"].endswith("| **yes** |")
-    assert rows["| `quick` 1"].endswith("| no |"), "one seed meets nothing"
-    assert "92.10 % test (mean) in ≤ 576 s (× 3.2 = development-CPU estimate)" in rows["| `quick` 3"]
-    assert rows["| `quick` 3"].endswith("| **yes** |")
-    long = rows["| `long` 3"]  # evaluation: 2 x 0 s of validation (run_json's) + 30 s of test over 1,600 s
-    assert "94.10 % test (mean) in ≤ 1,600 s; evaluation 2 % of training" in long and long.endswith("| **yes** |")
-    put("sprint-2", "sprint", 2, 0.89, dev, history=[dict(epoch=e, val_acc=0.85 + 0.025 * e, seconds=29.0,
-                                                          eval_seconds=2.0) for e in (1, 2)])  # 62 s
-    put("long-2", "long", 2, 0.941, dev, seconds=800.0, test_seconds=300.0)  # 19 % of its training
-    rows = {line.split(" | ")[0]: line for line in render.render_targets(tmp_path).splitlines()[2:]}
-    assert "by 62 s" in rows["| `sprint`"] and rows["| `sprint`"].endswith("| no |")
-    assert "evaluation 19 % of training" in rows["| `long`"] and rows["| `long`"].endswith("| no |")
+        put(f"quick-{s}", "quick", s, 0.921, avx512, epochs=10)
+        put(f"long-{s}", "long", s, 0.941, dev, epochs=24)
+    rows = {line.split(" | ")[0]: line for line in equal_cost.render_targets(tmp_path).splitlines()[2:]}
+    assert "92.23 % test (mean) at a cost of 580 s" in rows["| `quick`"], "seed 0 from the development CPU"
+    assert rows["| `quick`"].endswith("| **yes** |") and f"{avx512}, {dev}, fp32" in rows["| `quick`"]
+    long = rows["| `long`"]  # 24 x 60 + 4 x 16 + 24 x 1.6 = 1,542 s; evaluation (102 + 32) / 1,440 = 9 %
+    assert "94.10 % test (mean) at a cost of 1,542 s; evaluation 9 % of training" in long and long.endswith("| **yes** |")
+    write_speed_table(tmp_path, {"sprint": ("sprint", 29.0, 2.0, 1.0), "long": ("long", 60.0, 24.0, 1.6)})
+    rows = {line.split(" | ")[0]: line for line in equal_cost.render_targets(tmp_path).splitlines()[2:]}
+    assert "by 64 s" in rows["| `sprint`"] and rows["| `sprint`"].endswith("| no |")
+    assert "evaluation 13 % of training" in rows["| `long`"] and rows["| `long`"].endswith("| no |")
+    assert "no cost: `make speed` on the development CPU" in rows["| `quick`"], "not in the table: no cost"
     assert rows["| `best`"].endswith("| no |")
 
 
@@ -175,7 +176,7 @@ def test_seed_curve_marks_an_epoch_that_was_not_validated(tmp_path):
     r = run_json("seed", 0, 0.85, curve=True)
     r["history"][0]["val_acc"] = None  # Recipe.val_every > 1
     (tmp_path / "runs" / "seed-curve.json").write_text(json.dumps(r))
-    curve = render.render_seed_curve(tmp_path)
+    curve = tables.render_seed_curve(tmp_path)
     assert "| 1 | 1.0000 | n/a | 85.00 % | 60 |" in curve and "| 2 | 0.5000 | 87.00 % | 86.00 % | 60 |" in curve
 
 
@@ -184,8 +185,8 @@ def test_a_run_file_missing_fields_is_named(tmp_path):
     bad = run_json("quick", 0, 0.9)
     del bad["command"]
     (tmp_path / "runs" / "old.json").write_text(json.dumps(bad))
-    with pytest.raises(render.ResultsError, match=r"old.json lacks \['command'\]"):
-        render.render_presets(tmp_path)
+    with pytest.raises(ResultsError, match=r"old.json lacks \['command'\]"):
+        tables.render_presets(tmp_path)
 
 
 def test_best_probe_extrapolates_a_subset_epoch(tmp_path):
@@ -193,7 +194,7 @@ def test_best_probe_extrapolates_a_subset_epoch(tmp_path):
     probe = run_json("best", 0, 0.5, train_limit=5500, preset_epochs=PRESETS["best"].recipe.epochs)
     probe.update(epochs=1, train_seconds=110.0)
     (tmp_path / "runs" / "best-cpu-probe.json").write_text(json.dumps(probe))
-    text = render.render_best_probe(tmp_path)
+    text = tables.render_best_probe(tmp_path)
     epochs = PRESETS["best"].recipe.epochs
     assert "about 18 min per epoch" in text and f"{epochs} epochs would take about {1100 * epochs / 3600:.0f} hours" in text
 
@@ -208,7 +209,7 @@ def bench_json(**kw):
 
 def test_bench_without_a_reference_renders_instead_of_crashing(tmp_path):
     (tmp_path / "bench_gpu.json").write_text(json.dumps(bench_json(reference_img_s=None, speedup=None)))
-    text = render.render_bench_gpu(tmp_path)
+    text = tables.render_bench_gpu(tmp_path)
     assert "not measured → 300 img/s" in text and "not measured → 5000 img/s" in text
 
 
@@ -216,12 +217,12 @@ def test_bench_renders_both_times_to_90_and_says_when_one_was_not_reached(tmp_pa
     b = bench_json(time_to_90_s=52.4, epoch_90=4, sprint=dict(time_to_90_s=None, epoch_90=None),
                    presets={"default": dict(reference_img_s=None, ours_img_s=4000.0, speedup=None, ours_adamw_img_s=4400.0)})
     (tmp_path / "bench_gpu.json").write_text(json.dumps(b))
-    text = render.render_bench_gpu(tmp_path)
+    text = tables.render_bench_gpu(tmp_path)
     assert "| time to 90 % validation accuracy, `default` (= `quick`) recipe | 52 s (epoch 4) |" in text
     assert "| time to 90 % validation accuracy, `sprint` recipe (3 epochs) | not reached in its epochs |" in text
     assert "| `default` trained with AdamW instead of Muon (ours) | 4400 img/s (Muon's steps cost 10 % more time) |" in text
     (tmp_path / "bench_gpu.json").write_text(json.dumps(bench_json()))
-    assert "`sprint`" not in render.render_bench_gpu(tmp_path), "an older bench without it renders without it"
+    assert "`sprint`" not in tables.render_bench_gpu(tmp_path), "an older bench without it renders without it"
 
 
 def test_frontier_table_marks_the_best_so_far_and_skips_subset_and_curve_runs(tmp_path):
@@ -237,15 +238,15 @@ def test_frontier_table_marks_the_best_so_far_and_skips_subset_and_curve_runs(tm
     (tmp_path / "runs" / "subset.json").write_text(json.dumps(run_json("quick", 2, 0.99, train_limit=500)))
     (tmp_path / "trials" / "eval-smoke.json").write_text(json.dumps(run_json("quick", 3, 0.99, eval_limit=200)))
     (tmp_path / "runs" / "curve.json").write_text(json.dumps(run_json("seed", 0, 0.99, curve=True)))
-    rows = render.render_frontier(tmp_path).splitlines()[2:]
+    rows = tables.render_frontier(tmp_path).splitlines()[2:]
     assert [r.split("|")[1].strip() for r in rows] == ["60", "120", "200"], "sorted by training seconds"
     assert [r.split("|")[7].strip() for r in rows] == ["★", "★", ""], "best so far: 88 %, then 90 %; 87 % is not"
     assert "`quick` preset" in rows[1] and "2 (capped)" in rows[2] and "trials/fast.json" in rows[0]
-    render.plot_frontier(tmp_path, tmp_path / "frontier.png")
+    figures.plot_frontier(tmp_path, tmp_path / "frontier.png")
     assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "trials" / "bad.json").write_text("{")
-    with pytest.raises(render.ResultsError, match="bad.json is not valid JSON"):
-        render.render_frontier(tmp_path)
+    with pytest.raises(ResultsError, match="bad.json is not valid JSON"):
+        tables.render_frontier(tmp_path)
 
 
 def test_max_seconds_caps_a_trial_and_the_record_says_so(tmp_path):
@@ -288,13 +289,13 @@ def test_muon_ns_renders_one_row_per_machine_and_refuses_a_malformed_file(tmp_pa
              git_commit="abc1234def")
     (tmp_path / "muon_ns_cpu_avx2cap.json").write_text(json.dumps(m))
     (tmp_path / "muon_ns_cpu.json").write_text(json.dumps(dict(m, used="bf16", hardware="CPU X", step_ms={"bf16": 3.0, "fp32": 4.0})))
-    text = render.render_muon_ns(tmp_path)
+    text = tables.render_muon_ns(tmp_path)
     rows = [ln for ln in text.splitlines() if ln.startswith("| CPU X")]
     assert len(rows) == 2 and rows[0].startswith("| CPU X |") and "| bf16 |" in rows[0] and "| fp32 |" in rows[1]
     assert "85.0 ms/step, **36.5 s** per `default` epoch of 430 steps" in rows[1] and "6.5 GFLOP/s" in rows[1]
     (tmp_path / "muon_ns_cpu.json").write_text(json.dumps({"step_ms": {}}))
-    with pytest.raises(render.ResultsError, match="muon_ns_cpu.json lacks"):
-        render.render_muon_ns(tmp_path)
+    with pytest.raises(ResultsError, match="muon_ns_cpu.json lacks"):
+        tables.render_muon_ns(tmp_path)
 
 
 def test_a_patch_study_without_model_configs_says_its_presets_are_of_its_commit(tmp_path):
@@ -306,10 +307,10 @@ def test_a_patch_study_without_model_configs_says_its_presets_are_of_its_commit(
     study = dict(summary=summary, verdict=[], hardware="cpu", precision="fp32", command="make study",
                  git_commit="cbd49ddf00", rows=[row])
     (tmp_path / "patch_study.json").write_text(json.dumps(study))
-    assert "the network it was at commit cbd49dd" in render.render_patch_study(tmp_path)
+    assert "the network it was at commit cbd49dd" in equal_cost.render_patch_study(tmp_path)
     study["rows"] = [dict(row, model={"patch": 4}, recipe={})]
     (tmp_path / "patch_study.json").write_text(json.dumps(study))
-    assert "the network it was at commit" not in render.render_patch_study(tmp_path)
+    assert "the network it was at commit" not in equal_cost.render_patch_study(tmp_path)
 
 
 def test_a_gpu_results_folder_renders_its_own_rows(tmp_path):
@@ -327,21 +328,21 @@ def test_a_gpu_results_folder_renders_its_own_rows(tmp_path):
                               for e in range(1, 201)])
     (runs / "seed-curve-cpu.json").write_text(json.dumps(cpu_curve))
     (runs / "seed-curve-gpu.json").write_text(json.dumps(gpu_curve))
-    targets = {line.split(" | ")[0]: line for line in render.render_targets(tmp_path).splitlines()[2:]}
+    targets = {line.split(" | ")[0]: line for line in equal_cost.render_targets(tmp_path).splitlines()[2:]}
     assert "94.80 % test (mean)" in targets["| `best`"] and targets["| `best`"].endswith("| **yes** |")
     assert "best-gpu-seed0, best-gpu-seed1, best-gpu-seed2" in targets["| `best`"]
-    curve = render.render_seed_curve(tmp_path)
+    curve = tables.render_seed_curve(tmp_path)
     assert "NVIDIA H200" in curve and "| 200 |" in curve and "python -m tools.gpu_results" in curve
     for s in range(3):  # the same seeds, each stopped by the GPU run's cap
         capped = dict(run_json("best", s, 0.90, hardware=gpu, device="cuda:0", precision="bf16"), capped=True,
                       max_seconds=300, epochs=31)
         (runs / f"best-gpu-seed{s}.json").write_text(json.dumps(capped))
-    row = next(line for line in render.render_targets(tmp_path).splitlines() if line.startswith("| `best`"))
+    row = next(line for line in equal_cost.render_targets(tmp_path).splitlines() if line.startswith("| `best`"))
     assert "capped at 300 s after 31/31/31 of 40 epochs: not the recipe" in row and row.endswith("| no |")
-    assert "| `best` |" not in render.render_presets(tmp_path), "a capped run is no seed of its preset"
-    assert "31 (capped)" in render.render_presets(tmp_path, superseded=True)
+    assert "| `best` |" not in tables.render_presets(tmp_path), "a capped run is no seed of its preset"
+    assert "31 (capped)" in tables.render_presets(tmp_path, superseded=True)
     (tmp_path / "trials").mkdir()
-    assert "31 (capped)" in render.render_frontier(tmp_path)
+    assert "31 (capped)" in tables.render_frontier(tmp_path)
 
 
 def test_a_patch_study_in_progress_renders_its_runs_so_far_and_says_so(tmp_path):
@@ -352,10 +353,10 @@ def test_a_patch_study_in_progress_renders_its_runs_so_far_and_says_so(tmp_path)
                   precision="fp32", complete=False, rows=rows,
                   parameters=dict(arms=["quick@10ep"], patches=[2, 4, 7], seeds=[0, 1, 2]))
     (tmp_path / "patch_study.json").write_text(json.dumps(record))
-    text = render.render_patch_study(tmp_path)
+    text = equal_cost.render_patch_study(tmp_path)
     assert "| `quick@10ep` | 2 (196) |" in text and "| 100.0 ± 0.0 | 10 | 1 |" in text
     assert "In progress: 2 of the 9 runs its command planned are recorded" in text and "`make study` resumes" in text
     (tmp_path / "patch_study_gpu.json").write_text(json.dumps(record))  # a GPU window's study does not resume
-    gpu = render.render_patch_study(tmp_path, "patch_study_gpu.json")
+    gpu = equal_cost.render_patch_study(tmp_path, "patch_study_gpu.json")
     assert "the GPU window ended the rest" in gpu and "`make study` resumes" not in gpu
     assert "against K=2: no verdict (one seed)" in text

@@ -8,7 +8,7 @@ import torch
 
 from conftest import ROOT
 from mlp import hardware, notebook, records, study
-from tools import render
+from tools import equal_cost
 
 # Equal epochs for both networks, and equal time (60 development-CPU seconds, converted at the ratio calibrated
 # here: at least one epoch of `quick` at each K, from a short probe).
@@ -45,9 +45,9 @@ def test_study_notebook_runs_with_tiny_parameters_and_resumes(tmp_path):
     assert gflops["quick", 2] > gflops["quick", 4] > gflops["quick", 7]
     assert all(r["runs"] == 2 and r["test_std"] >= 0 and r["sec_std"] >= 0 for r in st["summary"])
     assert len(st["verdict"]) == len(arms) and all("the claim" in v for v in st["verdict"])
-    assert st["rule"] == study.RULE and "twice the standard error" in st["rule"]
+    assert st["rule"] == study.RULE and "Welch's two-sided t-test" in st["rule"]
     assert (tmp_path / "patch_study.png").stat().st_size > 10_000
-    table = render.render_patch_study(tmp_path)
+    table = equal_cost.render_patch_study(tmp_path)
     assert "| `seed@1ep` | 4 (49) | 111,164 |" in table and "pytest tiny study" in table and study.RULE in table
     assert "| 2 | 100." not in table and "| 2 |" in table, "n in every row"
 
@@ -61,8 +61,8 @@ def row(k, test, sd, sec=10.0, sec_sd=0.1, runs=3, **kw):
                      sec_std=sec_sd, sec_runs=runs, sec_hardware="CPU A"), **kw)
 
 
-def test_a_difference_inside_twice_its_standard_error_is_no_difference():
-    """0.3 points apart with sd 0.2 over 3 seeds: SE of the difference 0.16, so a tie; 0.5 apart: K=4 wins."""
+def test_a_difference_welchs_test_cannot_tell_is_no_difference():
+    """0.3 points apart with sd 0.2 over 3 seeds: Welch p = 0.14, a tie; 0.5 apart: p = 0.04, K=4 wins."""
     assert study.compare(row(4, 0.915, 0.002), row(2, 0.912, 0.002), "test_acc", True) == "tie"
     assert study.compare(row(4, 0.917, 0.002), row(2, 0.912, 0.002), "test_acc", True) == "a"
     assert study.compare(row(4, 0.912, 0.002), row(2, 0.917, 0.002), "test_acc", True) == "b"
@@ -70,9 +70,13 @@ def test_a_difference_inside_twice_its_standard_error_is_no_difference():
     assert study.compare(row(4, 0.95, 0.0, runs=1), row(2, 0.5, 0.0, runs=1), "test_acc", True) is None
     assert study.compare(row(4, 0.95, 0.001), row(2, 0.5, 0.001, capped=True), "test_acc", True) is None
     lines = study.verdict([row(2, 0.912, 0.002, sec=30.0), row(4, 0.915, 0.002), row(7, 0.90, 0.001, sec=5.0)])
-    assert lines == ["`quick@10ep` (n=3 seeds per K; seconds from 3 of them on CPU A): against K=2: no significant difference (+0.30 points), K=4 "
-                     "faster (10.0 vs 30.0 s/epoch); against K=7: K=4 more accurate (+1.50 points), K=7 faster (10.0 "
-                     "vs 5.0 s/epoch): the claim does not hold."]
+    assert lines == ["`quick@10ep` (n=3 seeds per K; seconds from 3 of them on CPU A): against K=2: no significant "
+                     "difference (+0.30 points, p = 0.140), K=4 faster (10.0 vs 30.0 s/epoch); against K=7: K=4 more "
+                     "accurate (+1.50 points, p = 0.002), K=7 faster (10.0 vs 5.0 s/epoch): the claim does not hold."]
+    table = {2: [30.0, 31.0, 29.5, 30.2, 30.4], 4: [10.0, 10.1, 9.9, 10.2, 10.0], 7: [9.9, 10.3, 10.0, 10.1, 9.8]}
+    timed = study.verdict([row(2, 0.912, 0.002), row(4, 0.915, 0.002), row(7, 0.90, 0.001)], table)
+    assert "K=4 faster (10.0 vs 30.2 s/epoch in the speed table)" in timed[0]
+    assert "no significant difference in speed (10.0 vs 10.0 s/epoch in the speed table)" in timed[0]
     one = study.verdict([row(2, 0.9, 0.0, runs=1), row(4, 0.95, 0.0, runs=1)])
     assert one == ["`quick@10ep` (n=1 seeds per K; seconds from 1 of them on CPU A): against K=2: no verdict (one "
                    "seed): no verdict."]

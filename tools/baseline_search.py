@@ -21,13 +21,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlp import records
-from tools.render import as_now, current_presets, record_run
+from mlp import records, results
+from mlp.results import as_now, current_presets
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = ROOT / "results" / "trials"
 BUDGETS = {"softmax": (60, 600), "d2l-mlp": (60, 600), "lenet": (60, 600, 1800), "cnn": (60, 600, 1800)}
-TOLERANCE = 1.10  # a trial more than 10 % over its budget is not chosen: it is refitted to its measured epochs
 # softmax regression and the d2l MLP converge long before the 1,875 and 470 epochs 600 s holds; LeNet at
 # 1,800 s (~320 epochs) is not capped: a cap of 100 would make that cell its 600-s one again
 MAX_EPOCHS = {"softmax": 100, "d2l-mlp": 100}
@@ -77,22 +76,17 @@ def load_trials(arch: str, budget: int, folder: Path | None = None) -> dict[str,
     return out
 
 
-def within(t: dict, budget: int) -> bool:
-    """Whether a trial trained within its budget, give or take TOLERANCE (the probe's error)."""
-    spent = records.dev_seconds(t)
-    return spent is not None and spent <= budget * TOLERANCE
+def within(t: dict, budget: int, tables: list[dict] | None = None) -> bool:
+    """Whether a trial's cost (mlp/results.cost) fits its budget: no margin."""
+    c = results.cost(t, results.speed_tables() if tables is None else tables)
+    return c is not None and c.seconds <= budget
 
 
-def epoch_here(t: dict, cal: dict) -> float:
-    """A trial's seconds per epoch in this CPU's seconds: through development-CPU seconds, since the trial may
-    have run on another CPU (an AMX Xeon's LeNet epoch is not an AVX-512 EPYC's)."""
-    return records.dev_seconds(t) / t["epochs"] / cal["ratio"]
-
-
-def choice(trials: dict[str, dict], budget: int | None = None) -> str | None:
-    """The candidate validation chose (its best epoch's validation accuracy) among those that trained within
-    the budget; the test set is not read."""
-    fair = {n: t for n, t in trials.items() if budget is None or within(t, budget)}
+def choice(trials: dict[str, dict], budget: int | None = None, tables: list[dict] | None = None) -> str | None:
+    """The candidate validation chose (its best epoch's validation accuracy) among those whose cost fits the
+    budget; the test set is not read."""
+    tables = results.speed_tables() if tables is None else tables
+    fair = {n: t for n, t in trials.items() if budget is None or within(t, budget, tables)}
     return max(fair, key=lambda n: fair[n]["val_acc"]) if fair else None
 
 
@@ -106,9 +100,7 @@ def calibrated() -> dict:
 
 def keep(run: Path, kind: str, calibration: dict, force: bool = False):
     """Record a train.py run (results/KIND/NAME.json) with the calibration its budget was converted at."""
-    record_run(run, kind=kind, force=force)  # (no rendering here: the pages change, and runs after would be "-dirty")
-    target = ROOT / "results" / kind / f"{run.name}.json"
-    records.atomic_write(target, json.dumps(dict(json.loads(target.read_text()), calibration=calibration), indent=2))
+    results.keep_run(run, kind=kind, force=force, calibration=calibration)  # (no rendering: runs after would be -dirty)
 
 
 def search(arch: str, seconds: int):
@@ -121,19 +113,22 @@ def search(arch: str, seconds: int):
         tried = [t for n, t in done.items() if n == name or n.startswith(f"{name}@")]
         if any(within(t, seconds) for t in tried):
             continue
-        if tried:  # over its budget: again, with the epochs its own run's seconds per epoch fit
-            last = min(tried, key=lambda t: t["epochs"])
-            per_epoch, how = epoch_here(last, cal), f"its {last['epochs']}-epoch run"
-        else:
-            per_epoch, how = budget.seconds_per_epoch(*get_preset(arch, **overrides)), "a probe"
-        epochs = budget.epochs_within(here, per_epoch, MAX_EPOCHS.get(arch))
-        if epochs < 1 or (tried and epochs >= last["epochs"]):
-            print(f"{arch} {seconds} s {name}: {per_epoch:.0f} s per epoch here; no whole number of epochs fits "
-                  f"the {here:.0f} s budget; not trained", flush=True)
+        model, recipe = get_preset(arch, **overrides)
+        epochs = budget.fitting_epochs(model, recipe, seconds, MAX_EPOCHS.get(arch))
+        if epochs is not None:
+            how = "the development CPU's speed table"
+        else:  # not timed there: a probe here, converted at this session's calibration (provisional)
+            per_epoch = budget.seconds_per_epoch(model, recipe)
+            epochs, how = budget.epochs_within(here, per_epoch, MAX_EPOCHS.get(arch)), f"a probe ({per_epoch:.1f} s here)"
+        if epochs < 1:
+            print(f"{arch} {seconds} s {name}: not even one epoch fits the budget (by {how}); not trained", flush=True)
+            continue
+        if tried and epochs >= min(t["epochs"] for t in tried):
+            print(f"{arch} {seconds} s {name}: its recorded run is over the budget, and {how} fits no fewer than "
+                  f"its {min(t['epochs'] for t in tried)} epochs; not trained again", flush=True)
             continue
         name = f"{name}@{epochs}ep" if tried else name
-        print(f"{arch} {seconds} s {name}: {per_epoch:.1f} s/epoch here ({where}, from {how}) -> {epochs} epochs "
-              f"in {here:.0f} s", flush=True)
+        print(f"{arch} {seconds} s {name}: {epochs} epochs fit (by {how}; {where})", flush=True)
         sets = {**overrides, **({"val_every": epochs} if arch == "cnn" else {})}
         out = ROOT / "runs" / trial_name(arch, seconds, name)
         cmd = [sys.executable, "train.py", "--preset", arch, "--epochs", str(epochs), "--precision", "fp32",
@@ -189,18 +184,21 @@ def chosen_fields(arch: str, trial: dict) -> dict:
 
 
 def plan(arch: str | None = None, budget: int | None = None):
+    tables = results.speed_tables()
     for a, budgets in BUDGETS.items():
         for b in budgets:
             if (arch and a != arch) or (budget and b != budget):
                 continue
             trials = load_trials(a, b)
-            best = choice(trials, b)
+            best = choice(trials, b, tables)
             print(f"{a} at {b} s: {len(trials)} of {len(candidates(a, b))} candidates recorded" +
                   (f"; validation chooses {best!r} ({100 * trials[best]['val_acc']:.2f} %, "
                    f"{trials[best]['epochs']} epochs)" if best else ""))
             for n, t in trials.items():
+                c = results.cost(t, tables)
                 print(f"  {n:14s} val {100 * t['val_acc']:.2f} %  {t['epochs']:3d} epochs  "
-                      f"{t['train_seconds']:6.0f} s  {t['hardware']}" + ("" if within(t, b) else "  OVER BUDGET"))
+                      f"{t['train_seconds']:6.0f} s  {t['hardware']}  cost {c.mark if c else ''}"
+                      f"{c.seconds if c else float('nan'):.0f} s" + ("" if within(t, b, tables) else "  OVER BUDGET"))
             if best:
                 print(f"  mlp/recipe.py CHOSEN: \"{a}-{b}\": (\"{a}\", {chosen_fields(a, trials[best])!r}),")
 
