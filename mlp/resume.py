@@ -7,19 +7,13 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mlp import checkpoint, plots, records
 from mlp.loop import Trainer
 from mlp.nets import Config, config_from
 from mlp.recipe import Recipe, override
+from mlp.runconfig import KEPT_ON_RESUME, RunConfig
 from mlp.rundirs import refuse_a_used_directory
-
-if TYPE_CHECKING:  # (mlp.runner imports this module)
-    from mlp.runner import RunConfig
-
-KEPT_ON_RESUME = ("preset", "seed", "train_limit", "eval_limit", "max_seconds", "test_curve")
-
 
 RESET_ON_RESUME = ("max_seconds",)  # a resume may give a new training-time budget (it counts the whole run)
 

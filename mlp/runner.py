@@ -19,7 +19,8 @@ from mlp.evaluate import Views, predict
 from mlp.loop import Trainer, fit, seed_everything
 from mlp.nets import Config, build_net
 from mlp.recipe import Recipe
-from mlp.resume import KEPT_ON_RESUME, Start, continue_from, start
+from mlp.resume import Start, continue_from, start
+from mlp.runconfig import RunConfig
 from mlp.rundirs import interrupted, save_run
 from model import count_params
 
@@ -42,31 +43,6 @@ def check_selectable(recipe: Recipe):
     if recipe.val_size == 0:
         raise ValueError("val_size=0 leaves nothing to validate on, and a run keeps the weights of its best "
                          "validated epoch; give val_size of at least 1 (the presets hold out 5,000)")
-
-
-@dataclass
-class RunConfig:
-    """How a run is made, beside its model and recipe. The first six are the run's own: its checkpoint keeps
-    them, and a resume keeps them too (`resumed_settings`)."""
-    preset: str = "custom"              # the preset's name, for the record
-    seed: int = 0                       # initial weights, data order, augmentation, dropout
-    train_limit: int | None = None      # train on the first N training images only (smoke runs)
-    eval_limit: int | None = None       # validate and test on the first N images only (recorded: no result)
-    max_seconds: float | None = None    # stop after the epoch that reaches this much training (marked capped)
-    test_curve: bool = False            # also test after every epoch (a learning curve; nothing is chosen on it)
-    out_dir: str | Path | None = None   # the run directory: checkpoints every epoch, then the run's files
-    resume: bool = False                # continue the run in out_dir from its checkpoint, with its settings
-    resume_from: str = "last.pt"        # or best.pt, where last.pt is damaged
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False               # torch.compile (pays on GPUs)
-    live: bool = True                   # draw the curves (in Jupyter: in place, several times an epoch)
-    progress: bool = True               # a progress bar per epoch
-    command: str = "run()"              # what started the run, for the record
-    data_root: str | None = None
-
-    def kept(self) -> dict:
-        return {k: getattr(self, k) for k in KEPT_ON_RESUME}
 
 
 def build(model: Config, seed: int):
