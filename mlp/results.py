@@ -304,7 +304,12 @@ class Verdict:
         if self.p is None:
             return f"{stat}: no test (fewer than two seeds a side)"
         said = f"`{self.winner}` is ahead" if self.winner else "no significant difference"
-        return f"{stat}, Welch p = {self.p:.3f}: {said}"
+        return f"{stat}, Welch {p_text(self.p)}: {said}"
+
+
+def p_text(p: float | None) -> str:
+    """"p = 0.137", "p < 0.001", or "p: no test" (n < 2)."""
+    return "p: no test" if p is None else "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def welch(a: tuple[float, float, int], b: tuple[float, float, int]) -> float | None:

@@ -18,7 +18,7 @@ import torch
 
 from mlp import budget, hardware, records, results
 from mlp.loop import best_record
-from mlp.recipe import PRESETS, Recipe, get_preset
+from mlp.recipe import PRESETS, get_preset
 from mlp.runner import RunConfig, quiet, run
 from model import MLPNet, count_params, train_flops_per_image
 
@@ -97,8 +97,11 @@ def plan_epochs(arm: Arm, patches, device, precision, probes: dict, rows: list[d
 
 
 def row_key(r) -> str:
-    recipe = r.get("recipe") and Recipe(**r["recipe"]).to_dict()  # (fields newer than the row: their defaults)
-    return json.dumps([r["preset"], r["patch"], r["seed"], r.get("model"), recipe, r["train_limit"],
+    """A row's identity: its network and recipe as the code reads them now (mlp/results.as_now: fields newer
+    than the row at their defaults), its seed, limits and arm."""
+    now = results.as_now(r) if r.get("recipe") and r.get("model") else None
+    model, recipe = (now["model"], now["recipe"]) if now else (r.get("model"), None)
+    return json.dumps([r["preset"], r["patch"], r["seed"], model, recipe, r["train_limit"],
                        r.get("eval_limit"), r.get("arm")], sort_keys=True)
 
 
@@ -271,7 +274,7 @@ def verdict(summary, speeds: dict[int, list[float]] | None = None) -> list[str]:
             secs = (f"{statistics.median(samples[0]):.1f} vs {statistics.median(samples[1]):.1f} s/epoch in the "
                     f"speed table" if samples else f"{four['sec_per_epoch']:.1f} vs {rs[k]['sec_per_epoch']:.1f} s/epoch")
             parts.append(f"against K={k}: {words[acc]} ({100 * (four['test_acc'] - rs[k]['test_acc']):+.2f} points, "
-                         f"p = {p:.3f}), {speed[fast]} ({secs})")
+                         f"{results.p_text(p)}), {speed[fast]} ({secs})")
             holds = holds and acc == "a" and fast == "a"
         claim = ("no verdict" if holds is None else "the claim holds" if holds else "the claim does not hold")
         timed = f"; seconds from {four.get('sec_runs', four['runs'])} of them on {four.get('sec_hardware', 'one CPU')}"

@@ -145,9 +145,13 @@ def render_summary(folder: Path, presets: dict | None = None) -> str:
             continue
         v = results.compare(mlp.name, [r["test_acc"] for r in mlp.runs], best.name, [r["test_acc"] for r in best.runs])
         said = f"`{v.winner}` more accurate" if v.winner else "no significant difference"
-        p = "—" if v.p is None else f"{v.p:.3f}"
-        lines.append(f"| {budget:,} s | {show(mlp)} | {show(best)} | {100 * v.diff:+.2f} points, p = {p} | {said} |")
+        lines.append(f"| {budget:,} s | {show(mlp)} | {show(best)} | {100 * v.diff:+.2f} points, {results.p_text(v.p)} | "
+                     f"{said} |")
     return "\n".join(lines)
+
+
+def now_names(now: dict) -> set[str]:
+    return {p for ps in now.values() for p in ps}
 
 
 def render_speed(folder: Path) -> str:
@@ -158,6 +162,9 @@ def render_speed(folder: Path) -> str:
         return "No speed table yet: `make speed` writes `results/speed/<cpu>.json`, which this table renders."
     tables.sort(key=lambda t: not cpu.is_dev(t["cpu"]))
     names = list(dict.fromkeys(n for t in tables for n in t["networks"]))
+    now = {}  # fingerprint -> the presets that are that network now
+    for name, p in results.current_presets().items():
+        now.setdefault(results.fingerprint(p["model"], p["recipe"], "fp32"), []).append(name)
     head = [f"{t['cpu']['model']}, {t['cpu']['cores']} cores, {t['cpu']['isa']}" + (" (development CPU)" if
             cpu.is_dev(t["cpu"]) else "") for t in tables]
     lines = ["| network | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(tables)]
@@ -167,7 +174,11 @@ def render_speed(folder: Path) -> str:
             r = t["networks"].get(n)
             row.append("—" if r is None else f"{r['train_epoch_s']['median']:.2f} ({r['train_epoch_s']['min']:.2f}–"
                        f"{r['train_epoch_s']['max']:.2f}); val {r['eval_s']['median']:.2f}")
-        lines.append(f"| `{n}` | " + " | ".join(row) + " |")
+        fp = next(t["networks"][n]["fingerprint"] for t in tables if n in t["networks"])
+        also = [p for p in now.get(fp, []) if p != n and p != "default"]
+        label = f"`{n}`" + (f" (now also `{'`, `'.join(also)}`)" if also else "") + (
+            " (the preset as it was when timed)" if n in now_names(now) and n not in now.get(fp, []) else "")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
     notes = []
     for t in tables:
         used = len(t["rounds_used"])
