@@ -24,7 +24,6 @@ SCHEMA = 2  # records written from now on say so (`schema`); older records have 
 ALPHA = 0.05
 BASELINES = ("softmax", "d2l-mlp", "lenet", "cnn")
 BUDGETS = (60, 600, 1800)
-ALL_MLP = ("sprint", "quick", "long")  # the all-MLP presets, each made for a budget (docs/frontier.md)
 SPEED_FIELDS = ("batch_size", "augment", "shift", "erase", "optimizer", "ema", "val_size")
 RUN_KEYS = ("preset", "seed", "test_acc", "val_acc", "best_epoch", "epochs", "train_seconds", "hardware",
             "precision", "git_commit", "command", "history")
@@ -231,17 +230,41 @@ def pooled(rs: list[dict]) -> list[dict]:
     return sorted(out.values(), key=lambda r: r["seed"])
 
 
-def preset_runs(preset: str, runs: list[dict], presets: dict) -> list[dict]:
-    """A preset's current full fp32 runs on any CPU, one per seed: accuracy in fp32 hardly depends on the CPU
-    (the 1,800-s LeNet reproduced across two to the digit), and cost comes from the speed table."""
-    return pooled([r for r in runs if r["preset"] == preset and r["precision"] == "fp32" and is_current(r, presets)
-                   and str(r.get("device", "cpu")) == "cpu"])
+MIN_SEEDS = 3  # a candidate cell needs this many seeds: one seed's validation cannot tell a few tenths apart
+
+
+def study_runs(folder: Path = HERE, name: str = "patch_study.json") -> list[dict]:
+    """The patch study's runs as records (its arms are candidates too): each row with the study's precision,
+    commit and command; none where the study is not recorded."""
+    path = Path(folder) / name
+    if not path.exists():
+        return []
+    st = load(path, ("rows", "precision", "command", "git_commit"))
+    return [dict(r, precision=st["precision"], command=st["command"], git_commit=st["git_commit"],
+                 device=st.get("device", "cpu"), label=f"{r['arm']} K={r['patch']}",
+                 file=f"{name}: {r['arm']} K={r['patch']} seed {r['seed']}")
+            for r in st["rows"] if "model" in r and "history" in r and not r.get("train_limit")]
+
+
+def candidate_runs(folder: Path = HERE) -> list[dict]:
+    """Every full fp32 CPU run recorded (results/runs/, results/trials/, the patch study), whichever CPU."""
+    every = load_runs(folder) + load_runs(folder, "trials") + study_runs(folder)
+    return [r for r in every if r.get("precision") == "fp32" and str(r.get("device", "cpu")).startswith("cpu")
+            and full_data(r) and not r.get("capped") and not r.get("extended")]
+
+
+def family_of(r: dict) -> str:
+    return (r.get("model") or {}).get("arch") or "all-MLP"
+
+
+def configuration(now: dict) -> str:
+    return json.dumps(now, sort_keys=True)
 
 
 @dataclass
 class Cell:
-    name: str               # the preset
-    runs: list[dict]
+    name: str               # the preset it is, else the study arm, else its first record
+    runs: list[dict]        # one per seed
     cost: Cost | None       # the most any of its runs cost
 
     @property
@@ -252,34 +275,63 @@ class Cell:
         return self.cost is not None and self.cost.seconds <= budget
 
 
-def candidates(family_name: str, presets: dict) -> list[str]:
-    if family_name == "all-MLP":
-        return list(ALL_MLP)
-    return [p for p in presets if p.startswith(f"{family_name}-") and p.removeprefix(f"{family_name}-").isdigit()]
+def cells(runs: list[dict], presets: dict, tables: list[dict]) -> dict[str, list[Cell]]:
+    """Per family, every configuration (model config and recipe as the code reads them now) with at least
+    MIN_SEEDS seeds among `runs`: a preset's runs, a study arm's, a trial's repeated seeds. Runs of one
+    configuration pool across CPUs, one per seed (`pooled`)."""
+    groups = {}
+    for r in runs:
+        now = as_now(r)
+        if now is not None:
+            groups.setdefault((family_of(r), configuration(now)), []).append(r)
+    named = {}
+    for name, p in presets.items():
+        named.setdefault(configuration(p), name)  # the first preset of that configuration ("default" aliases)
+    out = {}
+    for (fam, key), rs in groups.items():
+        rs = pooled(rs)
+        if len(rs) < MIN_SEEDS:
+            continue
+        name = named.get(key) or variant(rs[0], presets)
+        costs = [cost(r, tables) for r in rs]
+        worst = None if None in costs else max(costs, key=lambda c: c.seconds)
+        out.setdefault(fam, []).append(Cell(name, rs, worst))
+    return out
 
 
-def make_cell(preset: str, runs: list[dict], presets: dict, tables: list[dict]) -> Cell:
-    rs = preset_runs(preset, runs, presets)
-    costs = [c for c in (cost(r, tables) for r in rs) if c is not None]
-    worst = max(costs, key=lambda c: c.seconds) if len(costs) == len(rs) and rs else None
-    return Cell(preset, rs, worst)
+def variant(r: dict, presets: dict) -> str:
+    """A configuration that is no preset, named by its preset and the fields it changed: "long with val_from=1"."""
+    base, now = presets.get(r["preset"]), as_now(r)
+    if base is None:
+        return f"{r['preset']} ({r['file']})"
+    changed = [f"{k}={json.dumps(v, separators=(',', ':'))}" for part in ("model", "recipe")
+               for k, v in now[part].items() if v != base[part].get(k)]
+    text = ", ".join(changed)
+    return f"{r['preset']} with {text if len(text) <= 60 else text[:57] + '…'}"
 
 
-def choose(family_name: str, budget: float, runs: list[dict], presets: dict, tables: list[dict]
-           ) -> tuple[Cell | None, list[Cell]]:
-    """A family's cell at a budget: of its presets with runs whose cost fits the budget, the best on mean
-    validation accuracy (the test set is not read). Also the presets passed over for their cost."""
-    cells = [make_cell(p, runs, presets, tables) for p in candidates(family_name, presets)]
-    cells = [c for c in cells if c.runs]
-    fit = [c for c in cells if c.fits(budget)]
-    return max(fit, key=lambda c: c.val, default=None), [c for c in cells if not c.fits(budget)]
+def choose(found: list[Cell], budget: float) -> tuple[Cell | None, list[Cell]]:
+    """A family's cell at a budget: of its configurations whose cost fits, the best on mean validation accuracy
+    (the test set is not read). Also those better on validation that did not fit (their cost, or none)."""
+    fit = [c for c in found if c.fits(budget)]
+    best = max(fit, key=lambda c: c.val, default=None)
+    over = sorted((c for c in found if not c.fits(budget) and (best is None or c.val > best.val)),
+                  key=lambda c: -c.val)
+    return best, over[:3]
 
 
 def table_cells(folder: Path = HERE, presets: dict | None = None):
-    """Per budget: {family: (cell or None, presets over budget)} for the baselines and the all-MLP."""
-    runs, presets, tables = load_runs(folder), presets or current_presets(), speed_tables(folder)
+    """Per budget: {family: (cell or None, better cells over budget)} for the baselines and the all-MLP."""
+    found = cells(candidate_runs(folder), presets or current_presets(), speed_tables(folder))
     for budget in BUDGETS:
-        yield budget, {f: choose(f, budget, runs, presets, tables) for f in (*BASELINES, "all-MLP")}
+        yield budget, {f: choose(found.get(f, []), budget) for f in (*BASELINES, "all-MLP")}
+
+
+def preset_runs(preset: str, runs: list[dict], presets: dict) -> list[dict]:
+    """A preset's current full fp32 runs on any CPU, one per seed: accuracy in fp32 hardly depends on the CPU
+    (the 1,800-s LeNet reproduced across two to the digit), and cost comes from the speed table."""
+    return pooled([r for r in runs if r["preset"] == preset and r["precision"] == "fp32" and is_current(r, presets)
+                   and str(r.get("device", "cpu")) == "cpu"])
 
 
 @dataclass

@@ -202,13 +202,37 @@ def test_the_baselines_table_takes_per_budget_the_best_on_validation_that_fits(t
     assert rows["| 600 s"].endswith("| — |") and "| 60 s | — | — | — | none fits; over budget: `cnn-600` (512 s)" \
         in rows["| 60 s"]
     assert "`cnn-600`: **91.00**" in rows["| 1,800 s"], "a cheaper preset that fits is a candidate too"
-    for s in (1, 2):
-        (tmp_path / "runs" / f"cnn-600-{s}.json").unlink()
+    (tmp_path / "runs" / "cnn-600-2.json").unlink()
     row = next(line for line in equal_cost.render_baselines(tmp_path, presets).splitlines() if line.startswith("| 600 s |"))
-    assert "**90.00** % (n=1)" in row and "±" not in row, "one seed has no spread to print"
+    assert "| — | — | — | — | — |" in row, "two seeds are no candidate: a cell needs three"
+    put_runs(tmp_path, "cnn-600", (0.90, 0.91, 0.92), hardware=xeon, **as_recorded("cnn", epochs=2))
     write_speed_table(tmp_path, {"cnn": ("cnn", 100.0, 10.0, 1.0)}, dict(cpu.identity(cpu_info(xeon)), cores=2))
     row = next(line for line in equal_cost.render_baselines(tmp_path, presets).splitlines() if line.startswith("| 600 s |"))
     assert "measured ÷ predicted 0.60–0.60" in row, "120 s on the Xeon, which its own table puts at 200"
+
+
+def test_the_all_mlp_cell_is_the_configuration_best_on_validation_among_presets_trials_and_study_arms(tmp_path):
+    """Any configuration with three seeds is a candidate: a preset's runs, a trial repeated over seeds, a patch
+    study's arm; it is named by its preset and the fields it changed."""
+    from test_results import as_recorded, run_json
+    write_speed_table(tmp_path, {"quick": ("quick", 50.0, 15.0, 1.5)})
+    put_runs(tmp_path, "quick", (0.916, 0.917, 0.918))  # validation 0.9 (run_json's)
+    (tmp_path / "trials").mkdir()
+    for s in range(3):  # the same network at a lower learning rate: validation 0.91
+        t = dict(run_json("quick", s, 0.93, **as_recorded("quick", lr=0.002)), val_acc=0.91)
+        (tmp_path / "trials" / f"quick-lr2e-3-seed{s}.json").write_text(json.dumps(t))
+    rows = {line.split(" | ")[0]: line for line in equal_cost.render_baselines(tmp_path).splitlines()}
+    assert "`quick with lr=0.002`: **93.00** ± 0.00 % (n=3); val 91.00 %" in rows["| 600 s"]
+    rows = [dict(r, arm="quick@600s", patch=4, history=r["history"]) for r in
+            (dict(run_json("quick", s, 0.95, **as_recorded("quick", epochs=3)), val_acc=0.92) for s in range(3))]
+    (tmp_path / "patch_study.json").write_text(json.dumps(dict(rows=rows, precision="fp32", command="make study",
+                                                                git_commit="abc1234")))
+    rows = {line.split(" | ")[0]: line for line in equal_cost.render_baselines(tmp_path).splitlines()}
+    assert "`quick with epochs=3`: **95.00** ± 0.00 % (n=3); val 92.00 %" in rows["| 600 s"]
+    (tmp_path / "trials" / "quick-lr2e-3-seed2.json").unlink()
+    (tmp_path / "patch_study.json").unlink()
+    rows = {line.split(" | ")[0]: line for line in equal_cost.render_baselines(tmp_path).splitlines()}
+    assert "`quick`: **91.70**" in rows["| 600 s"], "two seeds of the trial: no candidate"
 
 
 def cpu_info(hardware: str) -> str:

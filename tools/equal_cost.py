@@ -80,9 +80,11 @@ def render_targets(folder: Path) -> str:
 
 
 def cell(c: results.Cell | None, over: list[results.Cell], tables: list[dict]) -> str:
-    """A cell: its preset, test mean ± sd (n), validation, its cost; the presets passed over for theirs."""
-    passed = "; over budget: " + ", ".join(f"`{o.name}` ({o.cost.mark}{o.cost.seconds:,.0f} s)" if o.cost else
-                                           f"`{o.name}` (no cost)" for o in over) if over else ""
+    """A cell: its configuration's name, test mean ± sd (n), validation, its cost; and the configurations
+    better on validation that did not fit (none fits: the best of those that do not)."""
+    passed = ("; " + ("over budget: " if c is None else "better on validation, over budget: ") + ", ".join(
+        f"`{o.name}` ({o.cost.mark}{o.cost.seconds:,.0f} s)" if o.cost else f"`{o.name}` (no cost)"
+        for o in over)) if over else ""
     if c is None:
         return ("none fits" if over else "—") + passed
     rs = c.runs
@@ -95,8 +97,8 @@ def cell(c: results.Cell | None, over: list[results.Cell], tables: list[dict]) -
 
 def render_baselines(folder: Path, presets: dict | None = None) -> str:
     """Accuracy at equal cost: per budget (development-CPU seconds of training and validation), each family's
-    preset that validation chooses among those whose cost fits, and Welch's verdict between the all-MLP and the
-    baseline that validation chooses."""
+    configuration that validation chooses among those with three seeds whose cost fits (mlp/results.py), and
+    Welch's verdict between the all-MLP and the baseline that validation chooses."""
     tables = results.speed_tables(folder)
     lines = ["| budget | " + " | ".join(f"`{b}`" for b in results.BASELINES) + " | best all-MLP |",
              "| ---: | " + " | ".join("---" for _ in results.BASELINES) + " | --- |"]
