@@ -261,7 +261,9 @@ def render_model_card(folder: Path) -> str:
     e = load(folder / "model" / "evaluation.json", ("test_acc", "per_class", "precision", "eval_views", "command"))
     rs = seeds_of(m, load_runs(folder))
     (te, te_sd), (va, va_sd) = (records.mean_std([r[k] for r in rs]) for k in ("test_acc", "val_acc"))
-    chosen = max(rs, key=lambda r: r["val_acc"]) if rs else None
+    # Only a run trained at a clean commit can ship: its code is that commit (a -dirty one's is not recorded)
+    shippable = [r for r in rs if not str(r["git_commit"]).endswith("-dirty")]
+    chosen = max(shippable, key=lambda r: r["val_acc"]) if shippable else None
     size = (folder / "model" / "model.pt").stat().st_size
     rows = [("file", f"`results/model/model.pt` ({size / 1e3:.0f} kB: model config and weights), "
                      f"`metrics.json` beside it"),
@@ -269,7 +271,7 @@ def render_model_card(folder: Path) -> str:
             ("trained by", f"`{m['command']}` at commit {m['git_commit'][:7]}: {m['epochs']} epochs, "
                            f"{m['train_seconds']:.0f} s, {m['hardware']}, {m['precision']}"),
             ("chosen on validation", f"seed {m['seed']}, the best validation accuracy ({pct(m['val_acc'])}) of "
-                                     f"the {len(rs)} recorded seeds below" + (
+                                     f"the {len(shippable)} recorded seeds below trained at a clean commit" + (
                                          "" if chosen and chosen["seed"] == m["seed"] else " (NOT the best: re-choose)")),
             ("test accuracy, this model", f"**{pct(m['test_acc'])}** (10,000 test images, {e['eval_views']} views, "
                                           f"{e['precision']}; recomputed from the file by `{e['command']}`: "
