@@ -184,16 +184,17 @@ def row_cost(row: dict, recipe: dict, epochs: int, scale: float = 1.0) -> tuple[
 
 def cost(r: dict, tables: list[dict]) -> Cost | None:
     """A run's cost in development-CPU seconds (see the module's docstring); None where nothing can cost it."""
-    fp, now = record_fingerprint(r), as_now(r)
-    dev = dev_table(tables)
-    if fp and dev and fp in by_fingerprint(dev):
-        return Cost(*row_cost(by_fingerprint(dev)[fp], now["recipe"], r["epochs"]))
+    now, dev = as_now(r), dev_table(tables)
+    fp = None if now is None else fingerprint(now["model"], now["recipe"], r.get("precision", "fp32"))
+    row = dev and by_fingerprint(dev).get(fp)
+    if row:
+        return Cost(*row_cost(row, now["recipe"], r["epochs"]))
     for other in tables:
-        if dev and other is not dev and fp in by_fingerprint(other):
-            ratio = family_ratio(dev, other, family(now["model"]))
-            if ratio:
-                return Cost(*row_cost(by_fingerprint(other)[fp], now["recipe"], r["epochs"], ratio), f"timed on {other['cpu']['model']} ({other['cpu']['isa']}) only, "
-                                          f"× {ratio:.2f} (its family's ratio)")
+        row = dev and other is not dev and by_fingerprint(other).get(fp)
+        ratio = row and family_ratio(dev, other, family(now["model"]))
+        if ratio:
+            return Cost(*row_cost(row, now["recipe"], r["epochs"], ratio), f"timed on {other['cpu']['model']} "
+                        f"({other['cpu']['isa']}) only, × {ratio:.2f} (its family's ratio)")
     secs = records.dev_seconds(r)
     if secs is None:
         return None
@@ -214,7 +215,7 @@ def measured_over_predicted(r: dict, tables: list[dict]) -> float | None:
 
 def time_to(r: dict, acc: float, tables: list[dict]) -> Cost | None:
     """The cost of a run up to the first epoch whose validation reaches `acc` (None where none does)."""
-    first = next((h["epoch"] for h in r["history"] if (h.get("val_acc") or 0) >= acc), None)
+    _, first = records.time_to_accuracy(r["history"], acc)
     return None if first is None else cost(dict(r, epochs=first, train_seconds=sum(
         h["seconds"] for h in r["history"][:first]), history=r["history"][:first]), tables)
 
@@ -325,6 +326,17 @@ def table_cells(folder: Path = HERE, presets: dict | None = None):
     found = cells(candidate_runs(folder), presets or current_presets(), speed_tables(folder))
     for budget in BUDGETS:
         yield budget, {f: choose(found.get(f, []), budget) for f in (*BASELINES, "all-MLP")}
+
+
+def budget_verdict(found: dict) -> tuple[Cell | None, Cell | None, Verdict | None]:
+    """A budget's verdict (`table_cells`' cells of one budget): the all-MLP cell, the baseline cell best on mean
+    validation accuracy, and Welch's test between them on test accuracy (None where either is missing)."""
+    mlp = found["all-MLP"][0]
+    best = max((c for f, (c, _) in found.items() if f != "all-MLP" and c is not None), key=lambda c: c.val,
+               default=None)
+    v = None if mlp is None or best is None else compare(
+        mlp.name, [r["test_acc"] for r in mlp.runs], best.name, [r["test_acc"] for r in best.runs])
+    return mlp, best, v
 
 
 def preset_runs(preset: str, runs: list[dict], presets: dict) -> list[dict]:

@@ -212,10 +212,10 @@ def arm_of(r: dict) -> str:
     return r["arm"] if "arm" in r else r["preset"]
 
 
-def compare(a: dict, b: dict, field: str, higher_is_better: bool, samples: tuple | None = None) -> str | None:
-    """Two summary rows (K=4 first) by Welch's t-test (mlp/results.compare) on `field`: "a", "b" or "tie";
-    None (no verdict) for a one-seed or capped row. `samples`: the two rows' per-round values from the speed
-    table, which judge speed where the table timed both networks."""
+def judge(a: dict, b: dict, field: str, higher_is_better: bool, samples: tuple | None = None):
+    """Two summary rows (K=4 first) by Welch's t-test (mlp/results.compare) on `field`: the Verdict, or None
+    for a one-seed or capped row. `samples`: the two rows' per-round values from the speed table, which judge
+    speed where the table timed both networks."""
     if a.get("capped") or b.get("capped"):
         return None
     if samples is not None:
@@ -225,7 +225,13 @@ def compare(a: dict, b: dict, field: str, higher_is_better: bool, samples: tuple
         n = "sec_runs" if field == "sec_per_epoch" else "runs"  # seconds: the runs on one CPU (summarize)
         v = results.compare_stats("a", (a[field], a.get(sd, 0.0), a.get(n, a["runs"])), "b",
                                   (b[field], b.get(sd, 0.0), b.get(n, b["runs"])), higher_is_better)
-    return None if v.p is None else v.winner or "tie"
+    return None if v.p is None else v
+
+
+def compare(a: dict, b: dict, field: str, higher_is_better: bool, samples: tuple | None = None) -> str | None:
+    """`judge` as "a", "b" or "tie"; None (no verdict) for a one-seed or capped row."""
+    v = judge(a, b, field, higher_is_better, samples)
+    return None if v is None else v.winner or "tie"
 
 
 RULE = ("A K is more accurate than another only where Welch's two-sided t-test on test accuracy over seeds gives "
@@ -259,7 +265,8 @@ def verdict(summary, speeds: dict[int, list[float]] | None = None) -> list[str]:
         four, parts, holds = rs[4], [], True
         for k in (k for k in rs if k != 4):
             samples = (speeds[4], speeds[k]) if 4 in speeds and k in speeds else None
-            acc = compare(four, rs[k], "test_acc", True)
+            accuracy = judge(four, rs[k], "test_acc", True)
+            acc = None if accuracy is None else accuracy.winner or "tie"
             fast = compare(four, rs[k], "sec_per_epoch", False, samples)
             if acc is None or fast is None:
                 why = ("capped" if four.get("capped") or rs[k].get("capped") else "one seed" if acc is None else
@@ -267,14 +274,12 @@ def verdict(summary, speeds: dict[int, list[float]] | None = None) -> list[str]:
                 parts.append(f"against K={k}: no verdict ({why})")
                 holds = None
                 continue
-            p = results.compare_stats("a", (four["test_acc"], four["test_std"], four["runs"]), "b",
-                                      (rs[k]["test_acc"], rs[k]["test_std"], rs[k]["runs"])).p
             words = {"a": "K=4 more accurate", "b": f"K={k} more accurate", "tie": "no significant difference"}
             speed = {"a": "K=4 faster", "b": f"K={k} faster", "tie": "no significant difference in speed"}
             secs = (f"{statistics.median(samples[0]):.1f} vs {statistics.median(samples[1]):.1f} s/epoch in the "
                     f"speed table" if samples else f"{four['sec_per_epoch']:.1f} vs {rs[k]['sec_per_epoch']:.1f} s/epoch")
             parts.append(f"against K={k}: {words[acc]} ({100 * (four['test_acc'] - rs[k]['test_acc']):+.2f} points, "
-                         f"{results.p_text(p)}), {speed[fast]} ({secs})")
+                         f"{results.p_text(accuracy.p)}), {speed[fast]} ({secs})")
             holds = holds and acc == "a" and fast == "a"
         claim = ("no verdict" if holds is None else "the claim holds" if holds else "the claim does not hold")
         timed = f"; seconds from {four.get('sec_runs', four['runs'])} of them on {four.get('sec_hardware', 'one CPU')}"

@@ -106,12 +106,12 @@ def keep(run: Path, kind: str, calibration: dict, force: bool = False):
 def search(arch: str, seconds: int):
     from mlp import budget
     from mlp.recipe import get_preset
-    cal = calibrated()
+    cal, tables = calibrated(), results.speed_tables()
     here, where = seconds / cal["ratio"], cal["hardware"]
     done = load_trials(arch, seconds)
     for name, overrides in candidates(arch, seconds).items():
         tried = [t for n, t in done.items() if n == name or n.startswith(f"{name}@")]
-        if any(within(t, seconds) for t in tried):
+        if any(within(t, seconds, tables) for t in tried):
             continue
         model, recipe = get_preset(arch, **overrides)
         epochs = budget.fitting_epochs(model, recipe, seconds, MAX_EPOCHS.get(arch))

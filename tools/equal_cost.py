@@ -118,14 +118,11 @@ def render_baselines(folder: Path, presets: dict | None = None) -> str:
 def verdict_at(budget: int, cells: dict) -> str:
     """The all-MLP cell against the baseline cell that validation chooses (the best mean validation accuracy),
     by Welch's t-test on test accuracy over seeds."""
-    mlp = cells["all-MLP"][0]
-    base = [c for f, (c, _) in cells.items() if f != "all-MLP" and c is not None]
-    if not base:
+    mlp, best, v = results.budget_verdict(cells)
+    if best is None:
         return ""
-    best = max(base, key=lambda c: c.val)
     if mlp is None:
         return f"At {budget:,} s: no all-MLP preset fits the budget; the best baseline on validation is `{best.name}`."
-    v = results.compare(mlp.name, [r["test_acc"] for r in mlp.runs], best.name, [r["test_acc"] for r in best.runs])
     return (f"At {budget:,} s, `{mlp.name}` against the baseline validation chooses, `{best.name}`: test accuracy "
             f"{v.words()}.")
 
@@ -134,26 +131,20 @@ def render_summary(folder: Path, presets: dict | None = None) -> str:
     """README's three rows: per budget, the all-MLP against the baseline validation chooses, with p."""
     lines = ["| budget | best all-MLP | best baseline | difference, Welch p | verdict |", "| ---: | --- | --- | --- | --- |"]
     for budget, cells in results.table_cells(folder, presets):
-        mlp = cells["all-MLP"][0]
-        base = [c for f, (c, _) in cells.items() if f != "all-MLP" and c is not None]
-        best = max(base, key=lambda c: c.val) if base else None
+        mlp, best, v = results.budget_verdict(cells)
+
         def show(c):
             if c is None:
                 return "none fits"
             m, sd = records.mean_std(r["test_acc"] for r in c.runs)
             return f"`{c.name}` {100 * m:.2f}{pm(sd, len(c.runs))} % (n={len(c.runs)})"
-        if mlp is None or best is None:
+        if v is None:
             lines.append(f"| {budget:,} s | {show(mlp)} | {show(best)} | — | no comparison |")
             continue
-        v = results.compare(mlp.name, [r["test_acc"] for r in mlp.runs], best.name, [r["test_acc"] for r in best.runs])
         said = f"`{v.winner}` more accurate" if v.winner else "no significant difference"
         lines.append(f"| {budget:,} s | {show(mlp)} | {show(best)} | {100 * v.diff:+.2f} points, {results.p_text(v.p)} | "
                      f"{said} |")
     return "\n".join(lines)
-
-
-def now_names(now: dict) -> set[str]:
-    return {p for ps in now.values() for p in ps}
 
 
 def render_speed(folder: Path) -> str:
@@ -167,6 +158,7 @@ def render_speed(folder: Path) -> str:
     now = {}  # fingerprint -> the presets that are that network now
     for name, p in results.current_presets().items():
         now.setdefault(results.fingerprint(p["model"], p["recipe"], "fp32"), []).append(name)
+    preset_names = {p for ps in now.values() for p in ps}
     head = [f"{t['cpu']['model']}, {t['cpu']['cores']} cores, {t['cpu']['isa']}" + (" (development CPU)" if
             cpu.is_dev(t["cpu"]) else "") for t in tables]
     lines = ["| network | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(tables)]
@@ -179,7 +171,7 @@ def render_speed(folder: Path) -> str:
         fp = next(t["networks"][n]["fingerprint"] for t in tables if n in t["networks"])
         also = [p for p in now.get(fp, []) if p != n and p != "default"]
         label = f"`{n}`" + (f" (now also `{'`, `'.join(also)}`)" if also else "") + (
-            " (the preset as it was when timed)" if n in now_names(now) and n not in now.get(fp, []) else "")
+            " (the preset as it was when timed)" if n in preset_names and n not in now.get(fp, []) else "")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     notes = []
     for t in tables:
