@@ -4,7 +4,8 @@
 # make bench the side-by-side training speed benchmark -> bench.json
 # make speed the speed table: every compared network timed in interleaved rounds -> results/speed/<cpu>.json
 # make study the patch-size study notebook (K = 2, 4, 7; equal epochs and equal time) -> results/patch_study.json, .png
-# make baselines ARCH=cnn AT=600      the baselines' search at AT development-CPU seconds, kept as trials
+# make search FAMILY=cnn AT=600 TRIALS=32   the recipe search (Optuna) at AT development-CPU seconds (STORAGE=URL: shared)
+# make dashboard             optuna-dashboard over the studies on http://localhost:8080
 # make seeds PRESET=best SEEDS="0 1 2" TAG=gpu   train.py runs kept in results/runs/ (FORCE=1 replaces records)
 # make seed-curve EPOCHS=3   the seed network, test accuracy after every epoch, kept in results/runs/
 # make gpu-results           every GPU result in one command (no venv: the machine's own python3 + torch)
@@ -26,8 +27,12 @@ EPOCHS ?= 3
 
 GPU_OUT ?= gpu-results
 BUDGET ?= 600
+FAMILY ?= cnn
+AT ?= 600
+TRIALS ?= 32
+PORT ?= 8080
 
-.PHONY: setup data browser run test lab bench speed study baselines seeds seed-curve gpu-results trial tensorboard clean clean-runs
+.PHONY: setup data browser run test lab bench speed study search dashboard seeds seed-curve gpu-results trial tensorboard clean clean-runs
 
 # The project, installed editable with its notebook and test extras (pyproject.toml). Re-installs only when
 # pyproject.toml or constraints.txt is newer than the last install. The constraints are the versions the suite
@@ -89,10 +94,17 @@ define refuse_existing
 		echo "error: $$f already holds a record; choose another TAG/NAME, or FORCE=1 to replace it" >&2; exit 1; fi; done
 endef
 
-# A baseline's recipe search at a budget (make baselines ARCH=cnn AT=600); then `python -m tools.baseline_search
-# adopt|seeds ...` (docs/baselines.md). Each calibrates this CPU against the development CPU first.
-baselines: data
-	$(PY) -m tools.baseline_search search $(ARCH) $(AT)
+# The recipe search of a family at a budget (mlp/search.py, docs/search.md): trials until the study has TRIALS
+# finished; run it again to continue, on as many machines as share STORAGE (a database URL; default: the journal
+# results/studies/search.journal). Then `python -m tools.search status|adopt|seeds ...`.
+search: data
+	$(PY) -m tools.search $(if $(STORAGE),--storage $(STORAGE)) search $(FAMILY) $(AT) --trials $(TRIALS) \
+		$(if $(FROM),--from $(FROM)) $(SEARCH_ARGS)
+
+# optuna-dashboard over every study, on http://localhost:$(PORT) (STORAGE=URL: a shared database's instead).
+dashboard: $(STAMP)
+	$(VENV)/bin/optuna-dashboard --host localhost --port $(PORT) \
+		$(or $(STORAGE),--storage-class JournalFileStorage results/studies/search.journal)
 
 seeds: data
 	$(call refuse_existing,$(foreach s,$(SEEDS),results/runs/$(PRESET)-$(TAG)-seed$(s).json))

@@ -83,9 +83,4 @@ def fitting_epochs(model, recipe, budget: float, most: int | None = None, folder
     dev = results.dev_table(results.speed_tables(folder))
     fp = results.fingerprint(model.to_dict(), recipe.to_dict(), "fp32")
     row = dev and results.by_fingerprint(dev).get(fp)
-    if not row:
-        return None
-    fit = 0
-    while (most is None or fit < most) and results.row_cost(row, recipe.to_dict(), fit + 1)[0] <= budget:
-        fit += 1
-    return fit
+    return results.epochs_within(row, recipe.to_dict(), budget, most) if row else None

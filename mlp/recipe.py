@@ -18,6 +18,7 @@ from baselines import BaselineConfig
 from model import TRAIN_IMAGES, BlockSpec, ModelConfig, mixer_blocks, windows_per_side
 
 OPTIMIZERS = ("adam", "adamw", "muon", "sgd", "nesterov")
+SCHEDULES = ("none", "cosine", "step", "onecycle")
 
 
 @dataclass
@@ -28,7 +29,8 @@ class Recipe:
     weight_decay: float = 5e-4
     optimizer: str = "adamw"            # "adam" | "adamw" (no decay on biases and norms) | "muon" (MuonAdamW) |
                                         # "sgd" (plain, as d2l trains) | "nesterov" (SGD, Nesterov momentum 0.9)
-    schedule: str = "cosine"            # "none" | "cosine" (per step, after linear warm-up) | "step"
+    schedule: str = "cosine"            # "none" | "cosine" (per step, after linear warm-up) | "step" |
+                                        # "onecycle" (cosine up from lr/25 over the warm-up, then down to ~0)
     warmup_epochs: float = 0.0
     lr_drops: list[int] = field(default_factory=list)  # "step": epochs from which the rate is 10x lower
     label_smoothing: float = 0.0
@@ -63,7 +65,7 @@ class Recipe:
         for name in ("erase", "label_smoothing", "ema"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", ("none", "cosine", "step"))):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
         if self.lr_drops != sorted(self.lr_drops) or any(e < 2 for e in self.lr_drops):
@@ -72,6 +74,12 @@ class Recipe:
     def lr_factor(self, step: int, steps_per_epoch: int) -> float:
         """The learning rate of training step `step` (0-based), as a multiple of `lr`."""
         warm, total = self.warmup_epochs * steps_per_epoch, self.epochs * steps_per_epoch
+        if self.schedule == "onecycle":  # Smith's one-cycle as torch's OneCycleLR draws it: cosine up, cosine down
+            lo = 1 / 25                  # (its div_factor; it ends at lo / 1e4, its final_div_factor)
+            if step < warm:
+                return lo + (1 - lo) * 0.5 * (1 - math.cos(math.pi * (step + 1) / warm))
+            end = lo * 1e-4
+            return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
         if step < warm:
             return (step + 1) / warm
         if self.schedule == "cosine":

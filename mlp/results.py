@@ -25,6 +25,8 @@ ALPHA = 0.05
 BASELINES = ("softmax", "d2l-mlp", "lenet", "cnn")
 BUDGETS = (60, 600, 1800)
 SPEED_FIELDS = ("batch_size", "augment", "shift", "erase", "optimizer", "ema", "val_size")
+# Model fields added after rows were timed: at their default they stay out of the hash, so those rows still match.
+LATER_DEFAULTS = {"stem_stride": 1}
 RUN_KEYS = ("preset", "seed", "test_acc", "val_acc", "best_epoch", "epochs", "train_seconds", "hardware",
             "precision", "git_commit", "command", "history")
 
@@ -116,6 +118,7 @@ def fingerprint(model: dict, recipe: dict, precision: str) -> str:
     speed fields (batch, augmentation, optimiser, averaging) and the precision; not its learning rate,
     schedule or epochs."""
     speed = {k: recipe.get(k) for k in SPEED_FIELDS}
+    model = {k: v for k, v in model.items() if LATER_DEFAULTS.get(k, object()) != v}
     if not speed["augment"]:
         speed["shift"] = None  # the shift is only drawn where augment is on
     text = json.dumps([model, speed, precision], sort_keys=True)
@@ -182,6 +185,14 @@ def row_cost(row: dict, recipe: dict, epochs: int, scale: float = 1.0) -> tuple[
     return scale * (train + multi * val + one * row["eval_one_s"]["median"]), scale * train, scale * test
 
 
+def epochs_within(row: dict, recipe: dict, budget: float, most: int | None = None) -> int:
+    """The most whole epochs of a speed table's row whose cost (training and validation passes) fits `budget`."""
+    fit = 0
+    while (most is None or fit < most) and row_cost(row, recipe, fit + 1)[0] <= budget:
+        fit += 1
+    return fit
+
+
 def cost(r: dict, tables: list[dict]) -> Cost | None:
     """A run's cost in development-CPU seconds (see the module's docstring); None where nothing can cost it."""
     now, dev = as_now(r), dev_table(tables)
@@ -195,6 +206,11 @@ def cost(r: dict, tables: list[dict]) -> Cost | None:
         if ratio:
             return Cost(*row_cost(row, now["recipe"], r["epochs"], ratio), f"timed on {other['cpu']['model']} "
                         f"({other['cpu']['isa']}) only, × {ratio:.2f} (its family's ratio)")
+    probe = r.get("speed_row")
+    if probe and probe.get("fingerprint") == fp:
+        return Cost(*row_cost(probe, now["recipe"], r["epochs"]), f"timed by its search beside {probe['via']['ref_name']} "
+                    f"on {probe['via']['cpu']}, scaled to that network's row (`make speed SPEED_ARGS=--candidates` "
+                    f"times it in the table's rounds)")
     secs = records.dev_seconds(r)
     if secs is None:
         return None
@@ -319,6 +335,34 @@ def choose(found: list[Cell], budget: float) -> tuple[Cell | None, list[Cell]]:
     over = sorted((c for c in found if not c.fits(budget) and (best is None or c.val > best.val)),
                   key=lambda c: -c.val)
     return best, over[:3]
+
+
+def fits(r: dict, budget: float, tables: list[dict]) -> bool:
+    """Whether a run's cost fits a budget: no margin."""
+    c = cost(r, tables)
+    return c is not None and c.seconds <= budget
+
+
+def choose_trial(trials: dict[str, dict], budget: float | None, tables: list[dict]) -> str | None:
+    """The trial validation chooses (its best epoch's validation accuracy) among those whose cost fits the
+    budget; the test set is not read."""
+    fair = {n: t for n, t in trials.items() if budget is None or fits(t, budget, tables)}
+    return max(fair, key=lambda n: fair[n]["val_acc"]) if fair else None
+
+
+def searched_trials(arch: str, budget: int, folder: Path = HERE, kinds=("search", "bl")) -> dict[str, dict]:
+    """The recorded trials of a family's searches at a budget, by name: the engine's ("search": tNNNN, from
+    search-ARCH-BUDGET-tNNNN.json, mlp/search.py) and the hand-named candidates before it ("bl": NAME, with
+    refits NAME@Nep, from bl-ARCH-BUDGET-NAME.json)."""
+    out = {}
+    for kind in kinds:
+        prefix = f"search-{arch}-{budget}-t" if kind == "search" else f"bl-{arch}-{budget}-"
+        for f in sorted((Path(folder) / "trials").glob(f"{prefix}*.json")):
+            name = f.stem.removeprefix(prefix)
+            if kind == "bl" and not name[:1].isalpha():
+                continue  # bl-cnn-600-w12 is not one of bl-cnn-60-'s
+            out[f"t{name}" if kind == "search" else name] = load(f, RUN_KEYS)
+    return out
 
 
 def table_cells(folder: Path = HERE, presets: dict | None = None):

@@ -68,10 +68,11 @@ def eval_seconds(net, loader, views: Views, seconds: float, precision: str) -> f
 
 def time_network(model, recipe, precision: str = "fp32", seconds: float = 3.0, train_limit=None) -> dict:
     """A network's seconds per training epoch, per validation pass with its views and per one-view pass, here
-    (`train_limit`: an epoch of that many images, for smoke runs)."""
+    (`train_limit`: an epoch of that many images, and as many validation images, for smoke runs)."""
     seed_everything(0)
     dev = torch.device("cpu")
-    trainer = Trainer(build_net(model), recipe, data.loaders(recipe, device=dev, train_limit=train_limit), dev,
+    trainer = Trainer(build_net(model), recipe, data.loaders(recipe, device=dev, train_limit=train_limit,
+                                                                 eval_limit=train_limit), dev,
                       precision)
     train = epoch_seconds(trainer, seconds)
     views = Views.of(model)
@@ -141,3 +142,26 @@ def write(folder: Path, table: dict) -> Path:
     old = json.loads(path.read_text()) if path.exists() else None
     records.atomic_write(path, json.dumps(merge(old, table), indent=1) + "\n")
     return path
+
+
+def relative_row(model, recipe, reference: tuple, ref_name: str, ref_row: dict, precision: str = "fp32", rounds: int = 2,
+                 seconds: float = 2.0, train_limit=None, timer=time_network) -> dict:
+    """A network's row as the development CPU's table would hold it, measured here: timed beside `reference`
+    (model, recipe), a network that table has (`ref_row`), in `rounds` interleaved rounds, each of its times
+    scaled by the reference's (seconds there over seconds here, same round). A search costs its trials so on
+    any CPU, before they train; the ratio assumes the two scale alike between CPUs (give a reference of the
+    same family), so such costs are provisional until `make speed` times the network itself."""
+    mine, theirs = [], []
+    for _ in range(rounds):
+        mine.append(timer(model, recipe, precision, seconds, train_limit=train_limit))
+        theirs.append(timer(*reference, precision, seconds, train_limit=train_limit))
+    ratios = {k: [m[k] / t[k] for m, t in zip(mine, theirs)] for k in ("train_epoch_s", "eval_s", "eval_one_s")}
+    out = dict(fingerprint=fingerprint(model.to_dict(), recipe.to_dict(), precision), model=model.to_dict(),
+               recipe={k: getattr(recipe, k) for k in SPEED_FIELDS}, precision=precision, steps=mine[0]["steps"],
+               views=Views.of(model).count)
+    for k, rs in ratios.items():
+        out[k] = dict(median=statistics.median(rs) * ref_row[k]["median"], n=rounds)
+    out["via"] = dict(ref_name=ref_name, reference=ref_row["fingerprint"], ratios={k: statistics.median(v) for k, v in ratios.items()},
+                      cpu=cpu.key(cpu.identity()), rounds=rounds, seconds=seconds, train_limit=train_limit,
+                      date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlp import cpu, records, results
-from mlp.results import RUN_KEYS, ResultsError, full_data, is_current, load, load_runs
+from mlp.results import full_data, is_current, load, load_runs
 from tools.tables import pct, pm
 
 # The frontier's targets (issue #30), in development-CPU seconds of training, fp32, mean over three seeds:
@@ -191,26 +191,25 @@ def render_speed(folder: Path) -> str:
                                "pass with the network's views.", ""] + notes)
 
 
+# The hand-named searches that came before the engine (mlp/search.py): which baseline at which budgets.
+HAND_SEARCHED = {"softmax": (60, 600), "d2l-mlp": (60, 600), "lenet": (60, 600, 1800), "cnn": (60, 600, 1800)}
+
+
 def render_baseline_search(folder: Path) -> str:
-    """Each baseline's search at each budget (results/trials/bl-*.json): every candidate, seed 0, and the one
-    validation chose (★), which its preset NAME-SECONDS became."""
-    from tools import baseline_search as baselines
+    """Each baseline's hand-named search at each budget (results/trials/bl-*.json): every candidate, seed 0,
+    and the one validation chose (★), which its preset NAME-SECONDS became."""
     tables = results.speed_tables(folder)
     lines = ["| baseline | budget | candidate | epochs | training s here (cost, development-CPU s) | validation | test | "
              "hardware | chosen |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | :---: |"]
-    for arch, budgets in baselines.BUDGETS.items():
+    for arch, budgets in HAND_SEARCHED.items():
         for budget in budgets:
-            trials = baselines.load_trials(arch, budget, folder / "trials")
-            for t in trials.values():
-                missing = [k for k in RUN_KEYS if k not in t]
-                if missing:
-                    raise ResultsError(f"a trial of {arch} at {budget} s lacks {missing}")
-            best = baselines.choice(trials, budget, tables)
+            trials = results.searched_trials(arch, budget, folder, kinds=("bl",))
+            best = results.choose_trial(trials, budget, tables)
             if not trials:
                 lines.append(f"| `{arch}` | {budget:,} s | not searched yet | | | | | | |")
             for n, t in trials.items():
-                over = "" if baselines.within(t, budget, tables) else " (over budget: not chosen)"
+                over = "" if results.fits(t, budget, tables) else " (over budget: not chosen)"
                 c = results.cost(t, tables)
                 spent = f"{t['train_seconds']:.0f}" + (f" ({c.mark}{c.seconds:.0f})" if c is not None else "")
                 lines.append(f"| `{arch}` | {budget:,} s | {n} | {t['epochs']} | {spent}{over} | "

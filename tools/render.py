@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mlp import records
 from mlp.results import HERE, ResultsError, keep_run, load
-from tools import equal_cost, figures, tables
+from tools import equal_cost, figures, studies, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # the pages with rendered blocks
@@ -36,12 +36,14 @@ RENDERERS = {
     "baselines_summary": equal_cost.render_summary, "baseline_search": equal_cost.render_baseline_search,
     "patch_study": equal_cost.render_patch_study, "speed": equal_cost.render_speed,
     "patch_study_gpu": lambda folder: equal_cost.render_patch_study(folder, "patch_study_gpu.json"),
+    "studies": studies.render_studies,
 }
 # Each figure, drawn where a page holds its block.
 FIGURES = {"frontier": lambda folder: figures.plot_frontier(folder, folder / "frontier.png"),
            "baselines": lambda folder: figures.plot_baselines(folder, folder / "baselines.png"),
            "patch_study": lambda folder: figures.plot_patch_study(folder, "patch_study"),
-           "patch_study_gpu": lambda folder: figures.plot_patch_study(folder, "patch_study_gpu")}
+           "patch_study_gpu": lambda folder: figures.plot_patch_study(folder, "patch_study_gpu"),
+           "studies": studies.plot_studies}
 
 
 def render(text: str, folder: Path = HERE) -> str:
