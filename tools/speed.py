@@ -1,6 +1,7 @@
 """`make speed`: the speed table of this CPU (mlp/speed.py) for every network the pages compare: the all-MLP
 presets, the patch study's networks (`quick` at K = 2 and 7), each baseline's preset per budget and, with
---candidates, every network its searches recorded (results/trials/bl-*.json). A benchmark, not a test.
+--candidates, every network the searches recorded (results/trials/search-*.json, and bl-*.json from the
+hand-named searches before the engine). A benchmark, not a test.
 
     python -m tools.speed                      # -> results/speed/<cpu>.json, five clean rounds
     python -m tools.speed --only quick cnn-600 --rounds 5
@@ -29,7 +30,7 @@ def networks(candidates: bool = False, trials: Path = ROOT / "results" / "trials
     nets |= {f"quick-k{k}": get_preset("quick", patch=k) for k in STUDY_PATCHES}
     nets |= {name: get_preset(name) for name in PRESETS if name.rsplit("-", 1)[-1].isdigit()}
     if candidates:
-        for f in sorted(trials.glob("bl-*.json")):
+        for f in sorted([*trials.glob("bl-*.json"), *trials.glob("search-*.json")]):
             t = json.loads(f.read_text())
             nets.setdefault(f.stem, (config_from(t["model"]), Recipe(**t["recipe"])))
     seen, out = set(), {}
@@ -46,7 +47,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5, help="rounds without load wanted (at least 5 for the pages)")
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds of training steps timed per network and round")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="time only these networks")
-    ap.add_argument("--candidates", action="store_true", help="also every network the baseline searches recorded")
+    ap.add_argument("--candidates", action="store_true", help="also every network the searches recorded")
     ap.add_argument("--out", type=Path, default=OUT, help="folder of the tables (default results/speed/)")
     ap.add_argument("--train-limit", type=int, help="smoke runs: only the first N training images")
     a = ap.parse_args(argv)
