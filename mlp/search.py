@@ -19,6 +19,7 @@ its base preset (`SPACES`); the objective is the validation accuracy of a run wh
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 import warnings
@@ -252,13 +253,14 @@ class Objective:
         name = f"search-{study.study_name}-t{trial.number:04d}"
         out = self.runs / name
         if out.exists():  # a scratch directory of an earlier study of this name (the storage says: not this trial)
-            import shutil
             shutil.rmtree(out)
 
-        def until(r: dict) -> bool:
+        def until(r: dict) -> bool:  # pruned: stop here, without the run's closing validation and test pass
             trial.report(r["val_acc_1view"], r["epoch"])
             trial.set_user_attr("epochs_trained", r["epoch"])
-            return r["epoch"] < epochs and trial.should_prune()
+            if r["epoch"] < epochs and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {r['epoch']} of {epochs}")
+            return False
 
         self.log(f"trial {trial.number}: {epochs} of {fit} fitting epochs, "
                  f"{results.row_cost(row, recipe.to_dict(), epochs)[0]:.0f} of {self.budget} s")
@@ -267,11 +269,12 @@ class Objective:
                         command=f"python -m tools.search search {self.family} {self.budget} (trial {trial.number})")
         try:
             done = run(model, recipe, cfg, until=until, log=lambda line: None)
-        except FloatingPointError as e:  # a rate too high for the recipe: a result, not a crash
+        except (optuna.TrialPruned, FloatingPointError) as e:  # (a rate too high for the recipe: a result too)
             trial.set_user_attr("reason", str(e))
-            raise optuna.TrialPruned(str(e))
-        if len(done.history) < epochs:
-            raise optuna.TrialPruned(f"pruned after epoch {len(done.history)} of {epochs}")
+            shutil.rmtree(out, ignore_errors=True)  # nothing of a pruned run is kept but its trial
+            raise optuna.TrialPruned(str(e)) from e
+        if done.test_acc is None:  # Ctrl-C: the trial fails, and the search stops (run it again to go on)
+            raise KeyboardInterrupt
         path = results.keep_run(out, self.folder, kind="trials", force=True, study=study.study_name,
                                 trial=trial.number, params=trial.params, speed_row=row)
         trial.set_user_attr("record", f"trials/{path.name}")

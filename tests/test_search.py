@@ -72,6 +72,25 @@ def test_a_strided_stem_keeps_old_rows():
         BaselineConfig(stem_stride=3)
 
 
+def test_a_pruned_trial_stops_at_once_and_says_what_it_spared(tmp_path):
+    """A trial the pruner stops ends after that epoch (no closing validation, no test pass), keeps no run
+    directory and no record, and the study counts the epochs it was spared."""
+    folder = results_folder(tmp_path)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))  # prunes all
+    study.enqueue_trial(dict(width=8, depth=1, stem_stride=2, optimizer="adamw", lr_adamw=3e-3, weight_decay=0.01,
+                             schedule="cosine", warmup_share=0.1, batch_size=256, label_smoothing=0.1, ema=0.0,
+                             augment="none", flip_tta=False, budget_share=1.0))
+    objective = search.Objective("cnn", 1800, cap=1, folder=folder, runs=tmp_path / "runs", train_limit=256,
+                                 eval_limit=128, probe_seconds=0.2, probe_rounds=1, log=lambda *_: None)
+    study.optimize(objective, n_trials=1)
+    t = study.trials[0]
+    assert t.state == TrialState.PRUNED and t.user_attrs["epochs_trained"] == 1 < t.user_attrs["epochs"]
+    assert t.intermediate_values.keys() == {1} and "pruned after epoch 1" in t.user_attrs["reason"]
+    assert not list(tmp_path.glob("runs/*")) and not (folder / "trials").exists()
+    spent, spared = search.saved_seconds(study)
+    assert spared == pytest.approx(spent * (t.user_attrs["epochs"] - 1)) and spent > 0
+
+
 def worker(folder: Path, trials: int, *extra, env=None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tools.search", "--results", str(folder), *extra, "search", "cnn",
                              "60", "--trials", str(trials), "--runs", str(folder / "runs"), *SMOKE], cwd=ROOT,
