@@ -205,3 +205,32 @@ def test_two_machines_share_a_postgresql_study(tmp_path, postgres):
     worker(folder, 6, "--storage", postgres, env=fast).communicate(timeout=600)
     study = optuna.load_study(study_name="cnn-60", storage=postgres)
     assert [t.number for t in check_study(study, folder, 6)] == [killed]
+
+
+def test_the_dashboard_serves_the_studies(tmp_path):
+    """`make dashboard`'s command (optuna-dashboard over the journal) serves the studies it holds."""
+    import urllib.request
+    study = search.open_study("cnn", 60, None, tmp_path)
+    t = study.ask()
+    t.suggest_int("width", 8, 32)
+    study.tell(t, 0.9)
+    made = subprocess.run(["make", "-n", "dashboard", "PORT=8765"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.replace("\\\n", " ")
+    line = next(x for x in made.splitlines() if "optuna-dashboard" in x)
+    assert "--port 8765" in line and "JournalFileStorage results/studies/search.journal" in line
+    port = free_port()
+    p = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), "--host", "127.0.0.1", "--port",
+                          str(port), "--storage-class", "JournalFileStorage", str(search.journal_path(tmp_path))],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, body = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and "cnn-60" not in body:
+            time.sleep(0.5)
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5).read().decode()
+            except OSError:
+                pass
+        assert '"study_name": "cnn-60"' in body.replace('":"', '": "'), body[:300]
+    finally:
+        p.terminate()
+        p.wait()
