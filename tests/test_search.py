@@ -158,6 +158,14 @@ def test_two_workers_share_the_embedded_journal(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tools.search", "--results", str(folder), "status"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert "cnn-60: " in out and "1 failed" in out and "mlp/recipe.py CHOSEN: \"cnn-60\"" in out
+    from tools import studies  # the page's table and figures of the study
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    table = studies.render_studies(folder)
+    assert f"| `cnn-60` | {len(done)} | {6 - len(done)} | 1 |" in table
+    studies.plot_studies(folder)
+    assert (folder / "studies" / "cnn-60-history.png").stat().st_size > 5000
+    assert (folder / "studies" / "cnn-60-cost.png").stat().st_size > 5000
+    assert (folder / "studies" / "cnn-60-importances.png").exists() == (len(done) >= 4)
 
 
 def free_port() -> int:
