@@ -215,6 +215,14 @@ def test_two_machines_share_a_postgresql_study(tmp_path, postgres):
     assert [t.number for t in check_study(study, folder, 6)] == [killed]
 
 
+def test_make_search_passes_its_settings():
+    made = subprocess.run(["make", "-n", "search", "FAMILY=mixer", "AT=60", "TRIALS=3", "FROM=600",
+                           "STORAGE=postgresql://u@h/db"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.replace("\\\n", " ")
+    line = next(x for x in made.splitlines() if "tools.search" in x)
+    assert "--storage postgresql://u@h/db search mixer 60 --trials 3" in line and "--from 600" in line
+
+
 def test_the_dashboard_serves_the_studies(tmp_path):
     """`make dashboard`'s command (optuna-dashboard over the journal) serves the studies it holds."""
     import urllib.request
