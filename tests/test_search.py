@@ -77,7 +77,7 @@ def test_a_pruned_trial_stops_at_once_and_says_what_it_spared(tmp_path):
     directory and no record, and the study counts the epochs it was spared."""
     folder = results_folder(tmp_path)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))  # prunes all
-    study.enqueue_trial(dict(width=8, depth=1, stem_stride=2, optimizer="adamw", lr_adamw=3e-3, weight_decay=0.01,
+    study.enqueue_trial(dict(width=8, depth=1, stem_stride=2, optimizer="adamw", lr_adamw=3e-3, weight_decay_adamw=0.01,
                              schedule="cosine", warmup_share=0.1, batch_size=256, label_smoothing=0.1, ema=0.0,
                              augment="none", flip_tta=False, budget_share=1.0))
     objective = search.Objective("cnn", 1800, cap=1, folder=folder, runs=tmp_path / "runs", train_limit=256,
