@@ -301,6 +301,17 @@ class MLPNet(nn.Module):
         return self.classifier(self.backbone(self.stem(x)))
 
 
+NORMS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
+
+
+def all_mlp_violations(net: nn.Module) -> list[str]:
+    """The modules of `net` that break the all-MLP rule (docs/design.md, "What counts as all-MLP"): each module
+    that holds parameters of its own must be a Linear layer or a norm, so nothing learns a k x k spatial
+    kernel (a convolution); the stem's windows are this file's concern (only `Stem` cuts them)."""
+    return [f"{name or 'the network'}: {type(m).__name__}" for name, m in net.named_modules()
+            if list(m.parameters(recurse=False)) and not isinstance(m, (nn.Linear, *NORMS))]
+
+
 def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 

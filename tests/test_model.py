@@ -250,3 +250,24 @@ def test_a_new_patch_size_resizes_only_the_patch_axis():
 def test_a_validation_split_must_leave_training_images(val_size):
     with pytest.raises(ValueError, match=f"val_size={val_size} must be 0 to 59,999"):
         get_preset("quick", val_size=val_size)
+
+
+def test_every_mlp_preset_obeys_the_all_mlp_rule_and_the_cnns_do_not():
+    """docs/design.md's rule, on what the modules show: only Linear layers and norms hold parameters, and only
+    the stem cuts windows (a Linear on windows elsewhere would be a convolution in disguise)."""
+    import inspect
+
+    import model
+    from baselines import BaselineNet
+    from model import all_mlp_violations
+    mlps = [name for name, p in PRESETS.items() if isinstance(p.model, ModelConfig)]
+    assert {"seed", "quick", "long", "sprint", "best"} <= set(mlps)
+    for name in mlps:
+        assert all_mlp_violations(MLPNet(get_config(name))) == [], name
+    for arch in ("cnn", "lenet"):
+        found = all_mlp_violations(BaselineNet(PRESETS[arch].model))
+        assert found and all("Conv2d" in v for v in found), (arch, found)
+    assert all_mlp_violations(BaselineNet(PRESETS["d2l-mlp"].model)) == []  # the textbook MLP is an MLP too
+    cutters = [n for n, obj in vars(model).items() if inspect.isclass(obj) and obj.__module__ == "model"
+               and any(f"{cut}(" in inspect.getsource(obj) for cut in ("windows", "patchify", "unfold"))]
+    assert cutters == ["Stem"], cutters

@@ -77,7 +77,7 @@ def test_a_pruned_trial_stops_at_once_and_says_what_it_spared(tmp_path):
     directory and no record, and the study counts the epochs it was spared."""
     folder = results_folder(tmp_path)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))  # prunes all
-    study.enqueue_trial(dict(width=8, depth=1, stem_stride=2, optimizer="adamw", lr_adamw=3e-3, weight_decay=0.01,
+    study.enqueue_trial(dict(width=8, depth=1, stem_stride=2, optimizer="adamw", lr_adamw=3e-3, weight_decay_adamw=0.01,
                              schedule="cosine", warmup_share=0.1, batch_size=256, label_smoothing=0.1, ema=0.0,
                              augment="none", flip_tta=False, budget_share=1.0))
     objective = search.Objective("cnn", 1800, cap=1, folder=folder, runs=tmp_path / "runs", train_limit=256,
@@ -158,6 +158,14 @@ def test_two_workers_share_the_embedded_journal(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tools.search", "--results", str(folder), "status"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert "cnn-60: " in out and "1 failed" in out and "mlp/recipe.py CHOSEN: \"cnn-60\"" in out
+    from tools import studies  # the page's table and figures of the study
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    table = studies.render_studies(folder)
+    assert f"| `cnn-60` | {len(done)} | {6 - len(done)} | 1 |" in table
+    studies.plot_studies(folder)
+    assert (folder / "studies" / "cnn-60-history.png").stat().st_size > 5000
+    assert (folder / "studies" / "cnn-60-cost.png").stat().st_size > 5000
+    assert (folder / "studies" / "cnn-60-importances.png").exists() == (len(done) >= 4)
 
 
 def free_port() -> int:
@@ -205,6 +213,14 @@ def test_two_machines_share_a_postgresql_study(tmp_path, postgres):
     worker(folder, 6, "--storage", postgres, env=fast).communicate(timeout=600)
     study = optuna.load_study(study_name="cnn-60", storage=postgres)
     assert [t.number for t in check_study(study, folder, 6)] == [killed]
+
+
+def test_make_search_passes_its_settings():
+    made = subprocess.run(["make", "-n", "search", "FAMILY=mixer", "AT=60", "TRIALS=3", "FROM=600",
+                           "STORAGE=postgresql://u@h/db"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.replace("\\\n", " ")
+    line = next(x for x in made.splitlines() if "tools.search" in x)
+    assert "--storage postgresql://u@h/db search mixer 60 --trials 3" in line and "--from 600" in line
 
 
 def test_the_dashboard_serves_the_studies(tmp_path):
