@@ -24,7 +24,7 @@ def importances(study, top: int = 3) -> dict[str, float]:
     if len(done) < 4:
         return {}
     ranked = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))  # seeded: the page renders the same
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())  # (fANOVA needs scikit-learn)
     return dict(list(ranked.items())[:top])
 
 
@@ -35,7 +35,7 @@ def render_studies(folder: Path) -> str:
     from optuna.trial import TrialState
     tables = results.speed_tables(folder)
     lines = ["| study | complete | pruned | failed | best validation (trial, cost) | trained | spared by pruning | "
-             "what mattered most (fANOVA importance) |", "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
+             "what mattered most (PED-ANOVA importance) |", "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
     for st in found:
         trials = st.get_trials(deepcopy=False)
         n = {s: sum(t.state == s for t in trials) for s in TrialState}
@@ -76,7 +76,7 @@ def plot_studies(folder: Path):
         ovm.plot_optimization_history(st).figure.savefig(out / f"{st.study_name}-history.png", dpi=80,
                                                          bbox_inches="tight")
         if len(done) >= 4:
-            ovm.plot_param_importances(st, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)).figure \
+            ovm.plot_param_importances(st, evaluator=optuna.importance.PedAnovaImportanceEvaluator()).figure \
                 .savefig(out / f"{st.study_name}-importances.png", dpi=80, bbox_inches="tight")
         costs = [results.cost(results.load(Path(folder) / t.user_attrs["record"]), tables) for t in done]
         fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
