@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mlp import records
+
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 # SHA-256 of the decompressed IDX files (the .gz wrappers differ between mirrors; the content must not).
@@ -73,21 +75,11 @@ def _from_debian(tmp: Path) -> Path:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_dead_fetches(folder: Path):
     """A fetch killed mid-way leaves its `.fetch-PID-*` temp folder; remove those whose process is gone."""
     for d in folder.glob(".fetch-*-*"):
         pid = d.name.split("-")[1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not records.alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
 
 

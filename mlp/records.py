@@ -41,6 +41,17 @@ def failpoint_delay(rank: int):
         time.sleep(float(rest.partition(":")[2]))
 
 
+def alive(pid: int) -> bool:
+    """Whether a process of this host has this pid (one of another user's counts: it exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write(path, payload: bytes | str):
     """Write a temp file beside `path`, fsync, rename: readers never see half a file, and a crash (or a full
     disk) leaves the previous version in place. The temp name is fixed, so crashes cannot pile up temps."""

@@ -28,7 +28,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from mlp import results
+from mlp import records, results
 from mlp.recipe import get_preset
 from model import mixer_blocks
 
@@ -149,21 +149,11 @@ def open_study(family: str, budget: int, url: str | None = None, folder: Path = 
                                direction="maximize", sampler=sampler, pruner=pruner, load_if_exists=True)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_dead(study: optuna.Study) -> list[int]:
     """Fail the running trials of this host's processes that no longer exist (a journal has no heartbeat)."""
     host, failed = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host") == host and "pid" in t.user_attrs and not alive(t.user_attrs["pid"]):
+        if t.user_attrs.get("host") == host and "pid" in t.user_attrs and not records.alive(t.user_attrs["pid"]):
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             failed.append(t.number)
     return failed
