@@ -165,6 +165,20 @@ def counted(study: optuna.Study, before: int | None = None) -> int:
                for t in study.get_trials(deepcopy=False))
 
 
+def best_trial(study: optuna.Study):
+    """The complete trial best on validation (None before one completes)."""
+    return max(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, default=None)
+
+
+def tally(study: optuna.Study) -> dict:
+    """Trials per state; a trial failed for being over the cap counts apart ("over_cap"), not as failed."""
+    trials = study.get_trials(deepcopy=False)
+    n = {s: sum(t.state == s for t in trials) for s in TrialState}
+    n["over_cap"] = sum(bool(t.user_attrs.get("over_cap")) for t in trials)
+    n[TrialState.FAIL] -= n["over_cap"]
+    return n
+
+
 def saved_seconds(study: optuna.Study) -> tuple[float, float]:
     """(development-CPU seconds the study's trials trained, seconds pruning spared them)."""
     spent = spared = 0.0
@@ -293,9 +307,8 @@ def work(family: str, budget: int, cap: int, url: str | None = None, folder: Pat
     bar = tqdm(total=cap, initial=finished, desc=study.study_name, unit="trial", disable=not progress)
 
     def tick(study: optuna.Study, trial):
-        done = study.get_trials(deepcopy=False, states=FINISHED)
-        bar.n = min(cap, len(done))
-        best = max((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: t.value, default=None)
+        bar.n = min(cap, len(study.get_trials(deepcopy=False, states=FINISHED)))
+        best = best_trial(study)
         if best is not None:
             bar.set_postfix_str(f"best {100 * best.value:.2f} % (trial {best.number})")
         bar.refresh()

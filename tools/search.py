@@ -26,12 +26,6 @@ from mlp.results import as_now, current_presets
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def best_trial(study):
-    from optuna.trial import TrialState
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return max(done, key=lambda t: t.value, default=None)
-
-
 def chosen_fields(family: str, record: dict) -> dict:
     """The fields of the base preset the record changed: the preset FAMILY-BUDGET's line in mlp/recipe.py."""
     now, base = as_now(record), current_presets()[search.BASE[family]]
@@ -44,14 +38,12 @@ def status(url=None, folder: Path = results.HERE, out=print):
     store = search.storage(url, folder)
     for summary in sorted(optuna.get_all_study_summaries(store), key=lambda s: s.study_name):
         study = optuna.load_study(study_name=summary.study_name, storage=store)
-        trials = study.get_trials(deepcopy=False)
-        n = {s: sum(t.state == s for t in trials) for s in TrialState}
-        over = sum(bool(t.user_attrs.get("over_cap")) for t in trials)
+        n = search.tally(study)
         spent, spared = search.saved_seconds(study)
         out(f"{study.study_name}: {n[TrialState.COMPLETE]} complete, {n[TrialState.PRUNED]} pruned, "
-            f"{n[TrialState.FAIL] - over} failed (+{over} over the cap), {n[TrialState.RUNNING]} running; "
+            f"{n[TrialState.FAIL]} failed (+{n['over_cap']} over the cap), {n[TrialState.RUNNING]} running; "
             f"{spent:.0f} development-CPU s trained, {spared:.0f} s spared by pruning")
-        best = best_trial(study)
+        best = search.best_trial(study)
         if best is not None:
             rec = results.load(Path(folder) / best.user_attrs["record"])
             family, budget = study.study_name.rsplit("-", 1)
@@ -64,7 +56,7 @@ def adopt(family: str, budget: int, tag: str, url=None, folder: Path = results.H
     """Record the best trial as seed 0 of the preset FAMILY-BUDGET, after checking that the preset is it."""
     from mlp.recipe import PRESETS
     study = search.open_study(family, budget, url, folder)
-    best, preset = best_trial(study), f"{family}-{budget}"
+    best, preset = search.best_trial(study), f"{family}-{budget}"
     if best is None:
         raise SystemExit(f"error: the study {study.study_name} has no complete trial; run the search first")
     if preset not in PRESETS:

@@ -37,11 +37,9 @@ def render_studies(folder: Path) -> str:
     lines = ["| study | complete | pruned | failed | best validation (trial, cost) | trained | spared by pruning | "
              "what mattered most (PED-ANOVA importance) |", "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
     for st in found:
-        trials = st.get_trials(deepcopy=False)
-        n = {s: sum(t.state == s for t in trials) for s in TrialState}
-        over = sum(bool(t.user_attrs.get("over_cap")) for t in trials)
+        n = search.tally(st)
         spent, spared = search.saved_seconds(st)
-        best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, default=None)
+        best = search.best_trial(st)
         cell = ""
         if best is not None:
             rec = results.load(Path(folder) / best.user_attrs["record"], results.RUN_KEYS)
@@ -50,7 +48,7 @@ def render_studies(folder: Path) -> str:
                     f"{c.seconds if c else float('nan'):.0f} s)")
         imp = ", ".join(f"{k} {v:.2f}" for k, v in importances(st).items())
         lines.append(f"| `{st.study_name}` | {n[TrialState.COMPLETE]} | {n[TrialState.PRUNED]} | "
-                     f"{n[TrialState.FAIL] - over} | {cell} | {spent:,.0f} s | {spared:,.0f} s | {imp} |")
+                     f"{n[TrialState.FAIL]} | {cell} | {spent:,.0f} s | {spared:,.0f} s | {imp} |")
     lines += ["", "Seconds are the development CPU's, by each trial's speed row (timed beside a network of the speed "
               "table, mlp/speed.relative_row). Failed: a worker died mid-trial (trials over a study's cap are not "
               "counted). Figures per study (history, importances, cost): " + "; ".join(
